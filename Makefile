@@ -1,0 +1,39 @@
+# mtkd: `make test` alone works on a fresh machine (it installs into .venv first when needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+SHARED ?= $(abspath ..)/shared
+PYTEST_WORKERS ?= 2
+
+.PHONY: install link-shared prepare-train291 test reproduce clean
+
+$(VENV)/.installed: requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	# basicsr's own requirements clash with opencv-python-headless and tensorboard: install it without them.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation basicsr==1.4.2
+	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# Link ../shared/data/* under datasets/ and ../shared/weights/* under pretrained/official/ (nothing is copied).
+link-shared:
+	@MTKD_SHARED=$(SHARED) bash scripts/link_shared.sh
+
+# The classic 291-image training set (T91 + BSD200) with MATLAB-bicubic LR at x2/x3/x4 in datasets/train291.
+prepare-train291: install link-shared
+	$(PY) scripts/prepare_benchmark.py --hr-dir datasets/T91/HR --out-dir datasets --name train291 --workers 2
+	$(PY) scripts/prepare_benchmark.py --hr-dir datasets/BSD200/HR --out-dir datasets --name train291 --workers 2
+
+test: install
+	@if [ -d "$(SHARED)" ]; then $(MAKE) --no-print-directory link-shared; fi
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+# Re-measure the README's reproduction table (about 10 minutes on 2 CPU cores).
+reproduce: install link-shared
+	bash scripts/reproduce_official.sh
+
+clean:
+	rm -rf $(VENV) results experiments tb_logger .pytest_cache

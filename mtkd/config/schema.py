@@ -1,0 +1,205 @@
+"""Typed schema of mtkd option files (BasicSR's vocabulary), with every default in one place.
+
+Every block refuses unknown keys (``extra='forbid'``); ``type`` + arguments blocks (networks, losses,
+metrics, optimizers, schedulers) are checked against the signature of what they name, in
+:mod:`mtkd.config.validate`. Model types and dataset types may register a schema of their own
+(:func:`register_model_options`, :func:`register_dataset_options`), so a stage-1 option file can have
+``teachers:`` while a plain SR file cannot.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SUPPORTED_OPTIMIZERS = ('Adam', 'AdamW')
+SUPPORTED_SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
+
+
+class StrictBlock(BaseModel):
+    """A block of options: unknown keys are refused, values are typed and immutable."""
+    model_config = ConfigDict(extra='forbid', frozen=True)
+
+
+class CallableBlock(BaseModel):
+    """``type`` plus keyword arguments of what it names (checked against its signature later)."""
+    model_config = ConfigDict(extra='allow', frozen=True)
+    type: str
+
+    def arguments(self) -> dict[str, Any]:
+        """The keyword arguments, without ``type``."""
+        return dict(self.model_extra or {})
+
+
+class NetworkOptions(CallableBlock):
+    """``network_g``: a registered arch and its constructor arguments."""
+
+
+class LossOptions(CallableBlock):
+    """A loss term: a registered loss, ``loss_weight``, ``reduction`` and its own arguments."""
+
+
+class MetricOptions(CallableBlock):
+    """A validation metric: a registered metric function and its arguments."""
+    better: Literal['higher', 'lower'] = 'higher'
+
+
+class OptimizerOptions(CallableBlock):
+    """``optim_g``: ``type`` (Adam | AdamW) and ``torch.optim`` arguments (``lr``, ``betas``, ...)."""
+    lr: float = Field(gt=0)
+
+
+class SchedulerOptions(CallableBlock):
+    """``scheduler``: a BasicSR learning-rate scheduler and its arguments."""
+
+
+class IOBackendOptions(StrictBlock):
+    type: Literal['disk', 'lmdb'] = 'disk'
+
+
+class DatasetOptions(StrictBlock):
+    """Options every dataset type shares (BasicSR's data-loader vocabulary)."""
+    name: str
+    type: str
+    phase: str | None = None  # filled from the block's key (train / val / test)
+    scale: int | None = None  # filled from the top-level scale; refused when it differs
+    io_backend: IOBackendOptions = IOBackendOptions()
+    use_shuffle: bool = True
+    num_worker_per_gpu: int = Field(default=2, ge=0)
+    batch_size_per_gpu: int = Field(default=1, ge=1)
+    dataset_enlarge_ratio: int = Field(default=1, ge=1)
+    prefetch_mode: Literal['cpu', 'cuda'] | None = None
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    num_prefetch_queue: int = Field(default=1, ge=1)
+
+
+class PairedImageDatasetOptions(DatasetOptions):
+    """BasicSR's ``PairedImageDataset``: GT and LQ folders; random crop and flips when training."""
+    dataroot_gt: str
+    dataroot_lq: str
+    meta_info_file: str | None = None
+    filename_tmpl: str = '{}'
+    gt_size: int | None = Field(default=None, ge=1)
+    use_hflip: bool = True
+    use_rot: bool = True
+    color: Literal['y'] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class SingleImageDatasetOptions(DatasetOptions):
+    """BasicSR's ``SingleImageDataset``: LQ images only (inference without ground truth)."""
+    dataroot_lq: str
+    meta_info_file: str | None = None
+    color: Literal['y'] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+class PathOptions(StrictBlock):
+    """``path``: weights to start from and states to resume."""
+    pretrain_network_g: str | None = None
+    param_key_g: str | None = Field(default='auto', description="'auto', a key such as 'params_ema', or null")
+    strict_load_g: bool = True
+    key_format_g: str = Field(default='basicsr', description='key layout of pretrain_network_g (mtkd.weight_formats)')
+    resume_state: str | None = None
+
+
+class TeacherOptions(StrictBlock):
+    """One frozen teacher: a registered arch, its weights, and how to run it (test-time padding)."""
+    name: str = Field(min_length=1)
+    network: NetworkOptions
+    weights: str | None = Field(default=None, description='checkpoint path; required unless building with random '
+                                'weights for a smoke test')
+    param_key: str | None = 'auto'
+    key_format: str = 'basicsr'
+    strict_load: bool = True
+    pad_multiple: int | None = Field(default=None, ge=1)
+    pad_mode: Literal['symmetric', 'reflect', 'replicate'] = 'symmetric'
+
+
+class TrainOptions(StrictBlock):
+    """``train``: optimisation of ``network_g``."""
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    optim_g: OptimizerOptions
+    scheduler: SchedulerOptions
+    total_iter: int = Field(ge=1)
+    warmup_iter: int = -1
+    pixel_opt: LossOptions | None = None
+    perceptual_opt: LossOptions | None = None
+
+
+class ValOptions(StrictBlock):
+    """``val``: validation during training and the metrics of ``mtkd/test.py``."""
+    val_freq: int = Field(default=5000, ge=1)
+    save_img: bool = False
+    suffix: str | None = None
+    pbar: bool = False
+    metrics: dict[str, MetricOptions] | None = None
+    pad_multiple: int | None = Field(default=None, ge=1, description='pad test inputs to this multiple '
+                                     '(window size of window-attention networks), crop the output back')
+    pad_mode: Literal['symmetric', 'reflect', 'replicate'] = 'symmetric'
+
+
+class WandbOptions(StrictBlock):
+    project: str | None = None
+    resume_id: str | None = None
+
+
+class LoggerOptions(StrictBlock):
+    print_freq: int = Field(default=100, ge=1)
+    save_checkpoint_freq: int = Field(default=5000, ge=1)
+    use_tb_logger: bool = True
+    wandb: WandbOptions | None = None
+
+
+class DistOptions(StrictBlock):
+    backend: Literal['nccl', 'gloo'] = 'nccl'
+    port: int | None = None
+
+
+class SROptions(StrictBlock):
+    """A whole option file for a single-network SR model (train or test)."""
+    name: str
+    model_type: str
+    scale: int = Field(ge=1, le=8)
+    num_gpu: int | Literal['auto'] = 'auto'
+    manual_seed: int | None = None
+    datasets: dict[str, dict[str, Any]]  # each validated by its type's schema (DATASET_OPTION_SCHEMAS)
+    network_g: NetworkOptions
+    path: PathOptions = PathOptions()
+    train: TrainOptions | None = None
+    val: ValOptions | None = None
+    logger: LoggerOptions = LoggerOptions()
+    dist_params: DistOptions | None = None
+    find_unused_parameters: bool = False
+
+    def extra_problems(self, is_train: bool) -> list:
+        """Model-specific combinations to refuse (a list of ``OptionProblem``); none for a plain SR model."""
+        return []
+
+
+#: Option schema of each model type; unregistered types (e.g. BasicSR's SRModel) use SROptions.
+MODEL_OPTION_SCHEMAS: dict[str, type[SROptions]] = {}
+#: Option schema of each dataset type.
+DATASET_OPTION_SCHEMAS: dict[str, type[DatasetOptions]] = {
+    'PairedImageDataset': PairedImageDatasetOptions,
+    'SingleImageDataset': SingleImageDatasetOptions,
+}
+
+
+def register_model_options(model_type: str):
+    """Class decorator: the option schema of ``model_type``."""
+    def register(schema: type[SROptions]) -> type[SROptions]:
+        MODEL_OPTION_SCHEMAS[model_type] = schema
+        return schema
+    return register
+
+
+def register_dataset_options(dataset_type: str):
+    """Class decorator: the option schema of ``dataset_type``."""
+    def register(schema: type[DatasetOptions]) -> type[DatasetOptions]:
+        DATASET_OPTION_SCHEMAS[dataset_type] = schema
+        return schema
+    return register

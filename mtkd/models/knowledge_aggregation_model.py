@@ -1,0 +1,117 @@
+"""``KnowledgeAggregationModel``: MTKD stage 1 (Jiang et al., ECCV 2024, Sec. 3.1, Eq. 1).
+
+N frozen teachers super-resolve the LR input; their outputs, concatenated in the order of the ``teachers:``
+list, go through the knowledge-aggregation network ``network_g`` (``DCTSwin``), trained with L1 to the ground
+truth (``pixel_opt``). Its output is the "MT" image that stage 2 distils into a student.
+
+Teacher outputs come from the training batch (``teacher_outputs``, written by ``TeacherPairedImageDataset``
+from the teacher-output cache) or, without a cache, from the teachers on the fly (the paper's way).
+Validation scores the MT image and, at the first validation of each dataset (and in every test run), each
+teacher and the plain teacher average on the same images, so the log shows whether the KA beats them.
+The teacher list (names, archs, weight sha256, order) is saved in every KA checkpoint; loading a KA with other
+teachers or another order is refused.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from pydantic import Field
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from mtkd.config.errors import OptionProblem
+from mtkd.config.schema import SROptions, TeacherOptions, register_model_options
+from mtkd.models.plain_sr_model import PlainSRModel
+from mtkd.teachers import TeacherEnsemble, check_fingerprint, teacher_specs_from_options
+from mtkd.weights import read_checkpoint
+
+
+@register_model_options('KnowledgeAggregationModel')
+class KnowledgeAggregationOptions(SROptions):
+    """Stage-1 option file: a plain SR file plus the ordered list of frozen teachers."""
+    teachers: list[TeacherOptions] = Field(min_length=1)
+
+    def extra_problems(self, is_train: bool) -> list[OptionProblem]:
+        arguments = self.network_g.arguments()
+        expected = arguments.get('num_teachers')
+        if expected is not None and expected != len(self.teachers):
+            return [OptionProblem(('network_g', 'num_teachers'), f'the aggregator takes {expected} teachers but '
+                                  f'{len(self.teachers)} are listed under teachers')]
+        return []
+
+
+def build_teachers(opt: dict, device: torch.device) -> TeacherEnsemble:
+    """The frozen teachers of an option dict (``allow_random_teachers`` is a run-time flag for smoke tests)."""
+    specs = teacher_specs_from_options(opt['teachers'], root=opt.get('root_path'))
+    return TeacherEnsemble(specs, scale=opt['scale'], device=device,
+                           allow_random_weights=bool(opt.get('allow_random_teachers', False)),
+                           logger=get_root_logger())
+
+
+@MODEL_REGISTRY.register()
+class KnowledgeAggregationModel(PlainSRModel):
+    """Trains the aggregator ``network_g`` on the outputs of frozen teachers (MTKD stage 1)."""
+
+    def __init__(self, opt):
+        device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
+        self.teachers = build_teachers(opt, device)  # before SRModel loads a KA checkpoint: needed to check it
+        self._teacher_rows_done: set[str] = set()
+        super().__init__(opt)
+
+    # ---- checkpoints carry the teacher list -------------------------------------------------------------
+    def checkpoint_metadata(self) -> dict:
+        return {'teachers': self.teachers.fingerprint()}
+
+    def load_network(self, net, load_path, strict=True, param_key='auto'):
+        checkpoint = read_checkpoint(load_path)
+        saved = checkpoint.get('teachers') if isinstance(checkpoint, dict) else None
+        if saved is None:
+            get_root_logger().warning(f'{load_path} records no teacher list: cannot check that its teachers and '
+                                      f'their order match {self.teachers.names}.')
+        else:
+            check_fingerprint(saved, self.teachers.fingerprint(), what=f'KA checkpoint {load_path}')
+        super().load_network(net, load_path, strict, param_key)
+
+    # ---- data and optimisation ------------------------------------------------------------------------------
+    def feed_data(self, data):
+        super().feed_data(data)
+        outputs = data.get('teacher_outputs')
+        self.teacher_stack = (outputs.to(self.device).flatten(1, 2) if outputs is not None
+                              else self.teachers.stacked(self.lq))
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.teacher_stack)
+        loss_dict = OrderedDict()
+        l_pix = self.cri_pix(self.output, self.gt)
+        loss_dict['l_pix'] = l_pix
+        l_pix.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self):
+        self.validation_teacher_outputs = self.teachers.forward(self.lq)
+        self.teacher_stack = torch.cat(self.validation_teacher_outputs, dim=1)
+        network = getattr(self, 'net_g_ema', self.net_g)
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            self.output = network(self.teacher_stack)
+        network.train(was_training)
+
+    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
+        """Each teacher and the teacher average, at the first validation of a dataset and in test runs."""
+        if self.opt['is_train'] and self._current_dataset in self._teacher_rows_done:
+            return {}
+        outputs = dict(zip((f'teacher_{name}' for name in self.teachers.names), self.validation_teacher_outputs))
+        outputs['teacher_average'] = self.teachers.average(self.validation_teacher_outputs)
+        return outputs
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        self._current_dataset = dataloader.dataset.opt['name']
+        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        self._teacher_rows_done.add(self._current_dataset)

@@ -1,0 +1,214 @@
+"""``PlainSRModel``: BasicSR's ``SRModel`` with what a KD framework needs from its base model.
+
+Differences from BasicSR's ``SRModel`` (everything else is inherited):
+- weights load through :func:`mtkd.weights.load_weights`: every format (raw, ``params``/``params_ema``,
+  ``module.``, safetensors, official EDSR/RCAN layouts), ``weights_only=True``, strict with a readable
+  mismatch report;
+- option blocks are never mutated (BasicSR pops ``type`` out of ``optim_g`` and ``scheduler``);
+  ``AdamW`` is supported besides ``Adam``;
+- checkpoints and training states are written atomically (temporary file, then rename);
+- validation keeps per-image metric values, and in test mode writes ``results/<name>/metrics.json``
+  (mean and per-image values for each dataset), so tables never parse logs. BasicSR's validation loop
+  only keeps running sums, which is why :meth:`nondist_validation` is re-implemented here; subclasses add
+  rows (teachers, ensembles) through :meth:`extra_validation_outputs`.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.models import lr_scheduler
+
+from mtkd.checkpoint import atomic_torch_save, atomic_write_json
+from mtkd.transforms.padding import run_padded
+from mtkd.weights import load_weights, read_checkpoint
+
+METRICS_FILE = 'metrics.json'
+
+
+@MODEL_REGISTRY.register()
+class PlainSRModel(SRModel):
+    """Single-network SR training and testing (the student alone, or any model under test)."""
+
+    # ---- weights -------------------------------------------------------------------------------------
+    def load_network(self, net, load_path, strict=True, param_key='auto'):
+        """Load ``load_path`` into ``net`` with mtkd's loader (``key_format_g`` from ``path``)."""
+        logger = get_root_logger()
+        key_format = self.opt['path'].get('key_format_g', 'basicsr')
+        if param_key == 'params_ema':
+            checkpoint = read_checkpoint(load_path)
+            if not (isinstance(checkpoint, dict) and 'params_ema' in checkpoint):
+                logger.info(f'{load_path} has no params_ema: the EMA network starts from the same weights.')
+                param_key = 'auto'
+        load_weights(net, load_path, param_key=param_key, strict=strict, key_format=key_format, logger=logger)
+        logger.info(f'Loaded {type(self.get_bare_model(net)).__name__} from {load_path} '
+                    f'(param_key={param_key}, key_format={key_format}, strict={strict}).')
+
+    def checkpoint_metadata(self) -> dict:
+        """Plain (non-tensor) facts saved beside ``params`` in every checkpoint, e.g. a KA's teacher list."""
+        return {}
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """Save ``params`` (and ``params_ema``) atomically as ``models/<label>_<iter>.pth``."""
+        label = 'latest' if current_iter == -1 else current_iter
+        path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError('save_network: one param_key per network is needed.')
+        checkpoint = {}
+        for network, key in zip(nets, keys):
+            state = self.get_bare_model(network).state_dict()
+            checkpoint[key] = OrderedDict((name.removeprefix('module.'), value.detach().cpu())
+                                          for name, value in state.items())
+        checkpoint.update(self.checkpoint_metadata())
+        atomic_torch_save(checkpoint, path)
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """Save optimizer and scheduler states atomically as ``training_states/<iter>.state``."""
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [optimizer.state_dict() for optimizer in self.optimizers],
+                 'schedulers': [scheduler.state_dict() for scheduler in self.schedulers]}
+        atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    # ---- optimisation (options are read, never popped) -------------------------------------------------
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        if optim_type not in ('Adam', 'AdamW'):
+            raise ValueError(f"optimizer '{optim_type}' is not supported; use Adam or AdamW.")
+        return getattr(torch.optim, optim_type)(params, lr, **kwargs)
+
+    def trainable_parameters(self):
+        """Parameters of the trained network(s) (subclasses add their own, teachers never)."""
+        return [parameter for parameter in self.net_g.parameters() if parameter.requires_grad]
+
+    def setup_optimizers(self):
+        arguments = dict(self.opt['train']['optim_g'])
+        optim_type = arguments.pop('type')
+        self.optimizer_g = self.get_optimizer(optim_type, self.trainable_parameters(), **arguments)
+        self.optimizers.append(self.optimizer_g)
+
+    def setup_schedulers(self):
+        arguments = dict(self.opt['train']['scheduler'])
+        scheduler_type = arguments.pop('type')
+        scheduler_class = (lr_scheduler.CosineAnnealingRestartLR if scheduler_type == 'CosineAnnealingRestartLR'
+                           else lr_scheduler.MultiStepRestartLR)
+        for optimizer in self.optimizers:
+            self.schedulers.append(scheduler_class(optimizer, **arguments))
+
+    # ---- inference -----------------------------------------------------------------------------------
+    def test(self):
+        """Inference on ``self.lq`` (EMA network when there is one), padded to ``val.pad_multiple`` if set."""
+        network = getattr(self, 'net_g_ema', self.net_g)
+        was_training = network.training
+        network.eval()
+        val_options = self.opt.get('val') or {}
+        with torch.no_grad():
+            self.output = run_padded(network, self.lq, val_options.get('pad_multiple'), self.opt['scale'],
+                                     val_options.get('pad_mode', 'symmetric'))
+        network.train(was_training)
+
+    # ---- validation with per-image records ---------------------------------------------------------------
+    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
+        """Other images to score beside the model's output, e.g. each teacher's (RGB [0, 1], ``(1, 3, H, W)``)."""
+        return {}
+
+    def _save_validation_image(self, image, image_name, dataset_name, current_iter, label=None):
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        tag = f'_{label}' if label else ''
+        if self.opt['is_train']:
+            path = os.path.join(self.opt['path']['visualization'], image_name, f'{image_name}_{current_iter}{tag}.png')
+        else:
+            path = os.path.join(self.opt['path']['visualization'], dataset_name, f'{image_name}_{suffix}{tag}.png')
+        imwrite(image, path)
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_name = dataloader.dataset.opt['name']
+        metric_options = self.opt['val'].get('metrics') or {}
+        records: dict[str, dict[str, dict[str, float]]] = {}  # output label -> image -> metric -> value
+        if metric_options:
+            if not hasattr(self, 'metric_results'):
+                self.metric_results = {metric: 0 for metric in metric_options}
+            self._initialize_best_metric_results(dataset_name)
+        progress = tqdm(total=len(dataloader), unit='image', desc=f'Validate {dataset_name}',
+                        disable=not self.opt['val'].get('pbar', False))
+        for data in dataloader:
+            image_name = os.path.splitext(os.path.basename(data.get('gt_path', data['lq_path'])[0]))[0]
+            self.feed_data(data)
+            self.test()
+            outputs = {'result': self.output, **self.extra_validation_outputs()}
+            gt_image = tensor2img([self.gt.detach().cpu()]) if hasattr(self, 'gt') else None
+            for label, output in outputs.items():
+                sr_image = tensor2img([output.detach().cpu()])
+                if save_img and label == 'result':
+                    self._save_validation_image(sr_image, image_name, dataset_name, current_iter)
+                if metric_options and gt_image is not None:
+                    values = {name: float(calculate_metric({'img': sr_image, 'img2': gt_image}, dict(option)))
+                              for name, option in metric_options.items()}
+                    records.setdefault(label, {})[image_name] = values
+                elif metric_options:  # no-reference metrics (e.g. NIQE) on LQ-only data
+                    values = {name: float(calculate_metric({'img': sr_image}, dict(option)))
+                              for name, option in metric_options.items()}
+                    records.setdefault(label, {})[image_name] = values
+            if hasattr(self, 'gt'):
+                del self.gt
+            del self.lq, self.output
+            progress.update(1)
+        progress.close()
+        self.image_metric_results = records
+        if not metric_options or 'result' not in records:
+            return
+        means = self.mean_metrics(records['result'])
+        self.metric_results = dict(means)
+        for metric, value in means.items():
+            self._update_best_metric_result(dataset_name, metric, value, current_iter)
+        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        self._log_extra_outputs(dataset_name, records, current_iter, tb_logger)
+        if not self.opt['is_train']:
+            self.write_metrics_file(dataset_name, records)
+
+    @staticmethod
+    def mean_metrics(per_image: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Mean of each metric over the images (the field averages per-image values)."""
+        names = next(iter(per_image.values())).keys()
+        return {name: float(np.mean([values[name] for values in per_image.values()])) for name in names}
+
+    def _log_extra_outputs(self, dataset_name, records, current_iter, tb_logger):
+        extra = [label for label in records if label != 'result']
+        if not extra:
+            return
+        lines = [f'Validation {dataset_name}, other outputs:']
+        for label in extra:
+            means = self.mean_metrics(records[label])
+            lines.append(f'\t {label}: ' + '  '.join(f'{name}: {value:.4f}' for name, value in means.items()))
+            if tb_logger:
+                for name, value in means.items():
+                    tb_logger.add_scalar(f'metrics/{dataset_name}/{label}/{name}', value, current_iter)
+        get_root_logger().info('\n'.join(lines))
+
+    @master_only
+    def write_metrics_file(self, dataset_name, records):
+        """Write ``results/<name>/metrics.json``: every dataset tested so far in this run (atomic write)."""
+        entry = {'mean': self.mean_metrics(records['result']), 'images': records['result']}
+        others = {label: {'mean': self.mean_metrics(values), 'images': values}
+                  for label, values in records.items() if label != 'result'}
+        if others:
+            entry['other_outputs'] = others
+        self.tested_datasets = {**getattr(self, 'tested_datasets', {}), dataset_name: entry}
+        content = {'name': self.opt['name'], 'scale': self.opt['scale'], 'network': dict(self.opt['network_g']),
+                   'datasets': self.tested_datasets}
+        path = os.path.join(self.opt['path']['results_root'], METRICS_FILE)
+        atomic_write_json(content, path)
+        get_root_logger().info(f'Metrics of {dataset_name} written to {path}')

@@ -1,0 +1,154 @@
+"""MTKD stage 1: frozen teachers, a trained aggregator, teacher lists in checkpoints, every option file runs."""
+from __future__ import annotations
+
+import glob
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from skimage import data as skimage_data
+
+from mtkd.config import validate_options
+from mtkd.models.knowledge_aggregation_model import KnowledgeAggregationModel
+from mtkd.teachers import TeacherMismatchError
+
+from conftest import REPO_ROOT
+
+SCALE = 2
+
+
+def tiny_teacher(name, num_feat=4):
+    return {'name': name, 'network': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': num_feat,
+                                      'num_block': 1, 'upscale': SCALE}, 'weights': None}
+
+
+@pytest.fixture
+def tiny_pairs(tmp_path):
+    hr_dir, lr_dir = tmp_path / 'HR', tmp_path / 'LR'
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for name in ('astronaut', 'coffee'):
+        hr = cv2.cvtColor(np.ascontiguousarray(getattr(skimage_data, name)()[64:96, 64:96]), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(hr_dir / f'{name}.png'), hr)
+        cv2.imwrite(str(lr_dir / f'{name}.png'), cv2.resize(hr, (16, 16), interpolation=cv2.INTER_AREA))
+    return hr_dir, lr_dir
+
+
+def runtime(options: dict, tmp_path, is_train=True) -> dict:
+    plain = validate_options(options, is_train=is_train, check_files=False).to_basicsr_dict()
+    plain.update(dist=False, rank=0, world_size=1, is_train=is_train, root_path=str(tmp_path),
+                 allow_random_teachers=True, num_gpu=0)
+    plain['path'].update(models=str(tmp_path / 'models'), training_states=str(tmp_path / 'states'),
+                         visualization=str(tmp_path / 'vis'), results_root=str(tmp_path / 'results'))
+    return plain
+
+
+def stage1_options(tiny_pairs, teachers) -> dict:
+    hr_dir, lr_dir = tiny_pairs
+    paired = {'type': 'PairedImageDataset', 'dataroot_gt': str(hr_dir), 'dataroot_lq': str(lr_dir)}
+    return {
+        'name': 'ka_unit', 'model_type': 'KnowledgeAggregationModel', 'scale': SCALE, 'manual_seed': 0,
+        'teachers': teachers,
+        'datasets': {'train': dict(paired, name='toy', gt_size=16, batch_size_per_gpu=2),
+                     'val': dict(paired, name='toyval')},
+        'network_g': {'type': 'DCTSwin', 'num_teachers': len(teachers), 'num_feat': 8, 'num_block': 1,
+                      'num_layer': 2, 'window_size': 4, 'num_heads': 2, 'upscale': SCALE},
+        'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [9]},
+                  'total_iter': 2, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+        'val': {'val_freq': 1, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE,
+                                                    'test_y_channel': True}}},
+    }
+
+
+def one_batch(tiny_pairs):
+    hr_dir, lr_dir = tiny_pairs
+    gt = cv2.imread(str(hr_dir / 'coffee.png'))[None, :16, :16, ::-1] / 255.
+    lq = cv2.imread(str(lr_dir / 'coffee.png'))[None, :8, :8, ::-1] / 255.
+    to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float()  # noqa: E731
+    return {'lq': to_tensor(lq), 'gt': to_tensor(gt)}
+
+
+def test_training_step_reaches_every_aggregator_parameter_and_no_teacher(tmp_path, tiny_pairs):
+    model = KnowledgeAggregationModel(runtime(stage1_options(tiny_pairs, [tiny_teacher('a'), tiny_teacher('b')]),
+                                              tmp_path))
+    model.feed_data(one_batch(tiny_pairs))
+    model.optimize_parameters(1)
+    teacher_parameters = list(model.teachers.parameters())
+    assert teacher_parameters and all(p.grad is None and not p.requires_grad for p in teacher_parameters)
+    for name, parameter in model.net_g.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    optimised = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+    assert not optimised & {id(p) for p in teacher_parameters}
+
+
+def test_teacher_list_is_saved_and_a_reordered_list_is_refused(tmp_path, tiny_pairs):
+    teachers = [tiny_teacher('a'), tiny_teacher('b', num_feat=6)]
+    model = KnowledgeAggregationModel(runtime(stage1_options(tiny_pairs, teachers), tmp_path))
+    model.save_network(model.net_g, 'net_g', 1)
+    path = tmp_path / 'models' / 'net_g_1.pth'
+    checkpoint = torch.load(path, weights_only=True)
+    assert [entry['name'] for entry in checkpoint['teachers']] == ['a', 'b']
+    assert all(not any(torch.is_tensor(v) for v in entry.values()) for entry in checkpoint['teachers'])
+
+    same = stage1_options(tiny_pairs, teachers)
+    same['path'] = {'pretrain_network_g': str(path)}
+    reloaded = KnowledgeAggregationModel(runtime(same, tmp_path))
+    for name, value in model.net_g.state_dict().items():
+        assert torch.equal(reloaded.net_g.state_dict()[name], value)
+
+    swapped = stage1_options(tiny_pairs, teachers[::-1])
+    swapped['path'] = {'pretrain_network_g': str(path)}
+    with pytest.raises(TeacherMismatchError) as caught:
+        KnowledgeAggregationModel(runtime(swapped, tmp_path))
+    assert 'saved order:   a, b' in str(caught.value) and 'current order: b, a' in str(caught.value)
+
+
+def test_validation_scores_teachers_and_average_once(tmp_path, tiny_pairs):
+    from basicsr.data import build_dataloader, build_dataset
+
+    options = runtime(stage1_options(tiny_pairs, [tiny_teacher('a'), tiny_teacher('b')]), tmp_path)
+    model = KnowledgeAggregationModel(options)
+    loader = build_dataloader(build_dataset(options['datasets']['val']), options['datasets']['val'], num_gpu=0,
+                              dist=False, sampler=None, seed=0)
+    model.validation(loader, 1, None, False)
+    assert set(model.image_metric_results) == {'result', 'teacher_a', 'teacher_b', 'teacher_average'}
+    # The average row is the PSNR of the pixel mean of the two teachers' outputs on each image.
+    lq = one_batch(tiny_pairs)['lq']
+    outputs = model.teachers.forward(lq)
+    assert torch.allclose(model.teachers.average(outputs), (outputs[0] + outputs[1]) / 2)
+    model.validation(loader, 2, None, False)
+    assert set(model.image_metric_results) == {'result'}  # teachers are scored at the first validation only
+
+
+def test_num_teachers_must_match_the_list(tiny_pairs):
+    options = stage1_options(tiny_pairs, [tiny_teacher('a'), tiny_teacher('b')])
+    options['network_g']['num_teachers'] = 3
+    with pytest.raises(Exception, match='the aggregator takes 3 teachers but 2 are listed'):
+        validate_options(options, is_train=True, check_files=False)
+
+
+STAGE1_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', 'stage1_*.yml')))
+
+
+@pytest.mark.parametrize('path', STAGE1_FILES, ids=[os.path.basename(p) for p in STAGE1_FILES])
+def test_stage1_option_file_builds_and_trains_two_iterations(path, tmp_path, tiny_pairs):
+    """Each shipped stage-1 file (its teachers and aggregator as written, random weights where files are
+    missing) runs two optimisation steps on a tiny crop."""
+    with open(path, encoding='utf-8') as handle:
+        options = yaml.safe_load(handle)
+    hr_dir, lr_dir = tiny_pairs
+    scale = options['scale']
+    options['datasets'] = {'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': str(hr_dir),
+                                     'dataroot_lq': str(lr_dir), 'gt_size': 16 * scale, 'batch_size_per_gpu': 1}}
+    options.pop('val', None)
+    plain = runtime(options, tmp_path)
+    model = KnowledgeAggregationModel(plain)
+    gt = torch.rand(1, 3, 16 * scale, 16 * scale)  # LR 16x16: the smallest input every teacher accepts
+    for step in (1, 2):
+        model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': gt})
+        model.optimize_parameters(step)
+        assert np.isfinite(model.log_dict['l_pix'])
+    assert model.output.shape == gt.shape
