@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import hashlib
 import math
 import os
 import zipfile
@@ -52,6 +51,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mtkd.fileio import file_sha256
 from mtkd.transforms.matlab_resize import imresize, modcrop
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.pgm', '.webp')
@@ -137,6 +137,17 @@ def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     return imresize(modcrop(hr, scale), 1 / scale)
 
 
+def _read_hr_and_make_lrs(path: str, scales: tuple[int, ...]) -> tuple[np.ndarray, str, dict[int, np.ndarray]]:
+    """The HR image at ``path``, its file stem and ``{scale: make_lr(HR, scale)}``; errors name the file."""
+    hr = read_image(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    try:
+        lrs = {scale: make_lr(hr, scale) for scale in scales}
+    except PreparationError as error:
+        raise PreparationError(f'{path!r}: {error}') from None
+    return hr, stem, lrs
+
+
 def _check_scales(scales: Sequence[int]) -> tuple[int, ...]:
     checked = tuple(scales)
     if not checked or not all(isinstance(scale, (int, np.integer)) and not isinstance(scale, bool) and scale >= 2
@@ -171,12 +182,7 @@ def _run_per_image(function: Callable[[str], object], paths: Sequence[str], work
 # Benchmarks
 # ----------------------------------------------------------------------------------------------------------------
 def _prepare_benchmark_image(path: str, set_root: str, scales: tuple[int, ...]) -> str:
-    hr = read_image(path)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    try:
-        lrs = {scale: make_lr(hr, scale) for scale in scales}
-    except PreparationError as error:
-        raise PreparationError(f'{path!r}: {error}') from None
+    hr, stem, lrs = _read_hr_and_make_lrs(path, scales)
     write_png(os.path.join(set_root, 'HR', f'{stem}.png'), hr)
     for scale, lr in lrs.items():
         write_png(os.path.join(set_root, 'LR_bicubic', f'X{scale}', f'{stem}x{scale}.png'), lr)
@@ -214,15 +220,6 @@ def prepare_benchmark(hr_dir: str, out_dir: str, name: str, scales: Sequence[int
 # ----------------------------------------------------------------------------------------------------------------
 # DIV2K: download and extraction
 # ----------------------------------------------------------------------------------------------------------------
-def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (archives are GBs)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_div2k(split: str, archive_dir: str, url: str | None = None, sha256: str | None = None,
                    progress: bool = True) -> str:
     """Download (or reuse a verified copy of) the DIV2K HR archive of ``split`` into ``archive_dir``.
@@ -345,12 +342,7 @@ def _check_crop_settings(scales: tuple[int, ...], crop_size: int, step: int, thr
 def _prepare_div2k_image(path: str, layout: Div2kLayout, scales: tuple[int, ...], subimages: bool,
                          crop_size: int, step: int, thresh_size: int) -> int:
     """Full LR images of one HR image, then (optionally) its aligned HR/LR sub-images; returns the crop count."""
-    hr = read_image(path)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    try:
-        lrs = {scale: make_lr(hr, scale) for scale in scales}
-    except PreparationError as error:
-        raise PreparationError(f'{path!r}: {error}') from None
+    hr, stem, lrs = _read_hr_and_make_lrs(path, scales)
     for scale, lr in lrs.items():
         write_png(os.path.join(layout.lr(scale), f'{stem}x{scale}.png'), lr)
     if not subimages:

@@ -1,17 +1,19 @@
 """Download one file over HTTP(S), atomically and checked against its sha256 (standard library + tqdm only).
 
 The file is streamed into a temporary ``.<name>.*.part`` file in the destination folder and moved into place with
-``os.replace`` only after the whole body arrived and, when a hash is given, matched it: an interrupted or corrupt
-download never leaves a file under the destination name, and a reader never sees half a file.
+``os.replace`` (:func:`mtkd.fileio.atomic_write`) only after the whole body arrived and, when a hash is given,
+matched it: an interrupted or corrupt download never leaves a file under the destination name, and a reader never
+sees half a file.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
+
+from mtkd.fileio import atomic_write, file_sha256
 
 #: Bytes read per chunk while streaming.
 CHUNK_SIZE = 1 << 20
@@ -28,13 +30,8 @@ class DownloadError(OSError):
     """A file that could not be fetched: HTTP error, unreachable host, interrupted transfer or HTML instead of data."""
 
 
-def sha256_of(path: str, chunk_size: int = CHUNK_SIZE) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: Hex sha256 of a file (:func:`mtkd.fileio.file_sha256`), under the name :mod:`mtkd.pretrained` imports.
+sha256_of = file_sha256
 
 
 def _check_sha256_argument(sha256):
@@ -69,26 +66,19 @@ def download_file(url: str, destination: str, sha256: str | None, progress: bool
     if os.path.isdir(destination):
         raise ValueError(f'download_file: destination {destination} is a folder; give the file path.')
 
-    if os.path.isfile(destination) and (expected is None or sha256_of(destination) == expected):
+    if os.path.isfile(destination) and (expected is None or file_sha256(destination) == expected):
         return destination
 
-    folder = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f'.{os.path.basename(destination)}.', suffix='.part', dir=folder)
-    try:
-        with os.fdopen(handle, 'wb') as output:
-            actual = _stream(url, output, destination, progress)
+    def stream_and_verify(output) -> None:
+        # Raising here, before the rename, is what deletes a corrupt download (see atomic_write).
+        actual = _stream(url, output, destination, progress)
         if expected is not None and actual != expected:
             raise ChecksumError(f'sha256 mismatch for {url}: expected {expected}, got {actual}. The download was '
                                 'deleted: the transfer was corrupted (run again) or the server now holds another '
                                 'file (if its publisher replaced it on purpose, check it and record the new '
                                 f'sha256); nothing was written to {os.path.abspath(destination)}.')
-        os.replace(temporary, destination)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return destination
+
+    return atomic_write(destination, stream_and_verify, suffix='.part')
 
 
 def _stream(url: str, output, destination: str, progress: bool) -> str:

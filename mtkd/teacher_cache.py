@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from mtkd.fileio import atomic_write, atomic_write_json, file_sha256
 from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, check_fingerprint
 
 FORMAT_VERSION = 1
@@ -78,14 +78,6 @@ def image_stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dataset_key(lq_paths: Sequence[str]) -> str:
     """sha256 over the sorted LR file names with their sizes and content hashes (reads every file once)."""
     paths = sorted(lq_paths, key=os.path.basename)
@@ -100,7 +92,7 @@ def dataset_key(lq_paths: Sequence[str]) -> str:
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f'LR image not found: {path}')
-        entries.append([os.path.basename(path), os.path.getsize(path), _file_sha256(path)])
+        entries.append([os.path.basename(path), os.path.getsize(path), file_sha256(path)])
     return hashlib.sha256(json.dumps(entries).encode('utf-8')).hexdigest()
 
 
@@ -128,28 +120,6 @@ def paired_lq_paths(dataroot_gt: str, dataroot_lq: str, filename_tmpl: str = '{}
     return paired_paths_from_folder([dataroot_lq, dataroot_gt], ['lq', 'gt'], filename_tmpl)
 
 
-def _atomic_write(path: str, write) -> None:
-    """``write(handle)`` into a hidden temporary file beside ``path``, fsync, then rename onto ``path``."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(descriptor, 'wb') as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _write_json(obj: Any, path: str) -> None:
-    text = json.dumps(obj, indent=2) + '\n'
-    _atomic_write(path, lambda handle: handle.write(text.encode('utf-8')))
-
-
 # ---- storage backends: where the arrays live ---------------------------------------------------------------
 class NpyStorage:
     """One ``.npy`` file per teacher and image, read through a memory map."""
@@ -164,7 +134,7 @@ class NpyStorage:
         return os.path.isfile(self.file(teacher, stem))
 
     def write(self, teacher: str, stem: str, array: np.ndarray) -> None:
-        _atomic_write(self.file(teacher, stem), lambda handle: np.save(handle, array, allow_pickle=False))
+        atomic_write(self.file(teacher, stem), lambda handle: np.save(handle, array, allow_pickle=False))
 
     def open(self, teacher: str, stem: str) -> np.ndarray:
         """A read-only memory map ``(sH, sW, 3)`` float16: nothing is read until it is sliced and copied."""
@@ -460,7 +430,7 @@ class TeacherOutputCache:
             created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         record = dict(self.identity(), teacher_names=self.teacher_names, layout='HWC, RGB, nominally [0, 1], '
                       'not clamped', created=created, complete=False, completed=None, images=stems)
-        _write_json(record, self.manifest_path)
+        atomic_write_json(record, self.manifest_path)
         self._storage.prepare_for_writing()
 
         computed = reused = 0
@@ -492,7 +462,7 @@ class TeacherOutputCache:
                 self._storage.close()
         record.update(complete=True,
                       completed=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-        _write_json(record, self.manifest_path)
+        atomic_write_json(record, self.manifest_path)
         seconds = time.perf_counter() - start
         if logger is not None:
             logger.info(f'teacher cache {self.path}: {computed} images computed, {reused} reused, {seconds:.1f} s')

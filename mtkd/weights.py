@@ -15,13 +15,14 @@ unexpected keys, shape mismatches and the likely cause. A checkpoint that pickle
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
 from collections.abc import Mapping
 
 import torch
+
+from mtkd.fileio import file_sha256  # noqa: F401  (re-exported: callers hash weight files via mtkd.weights)
 
 PARAM_KEY_AUTO = 'auto'
 #: Wrapper keys tried, in order, by ``param_key='auto'``.
@@ -30,15 +31,6 @@ AUTO_PARAM_KEYS = ('params_ema', 'params', 'state_dict', 'model')
 
 class WeightLoadError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the network."""
-
-
-def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str) -> dict:

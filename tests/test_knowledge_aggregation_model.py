@@ -152,3 +152,51 @@ def test_stage1_option_file_builds_and_trains_two_iterations(path, tmp_path, tin
         model.optimize_parameters(step)
         assert np.isfinite(model.log_dict['l_pix'])
     assert model.output.shape == gt.shape
+
+
+def test_stage1_run_builds_the_teacher_cache_and_trains_from_it(tmp_path, tiny_pairs):
+    """``python mtkd/train.py`` on a TeacherPairedImageDataset: the cache is built at start (after BasicSR's
+    logger is set up, so the run keeps its log file), training reads it, the KA checkpoint records the teachers."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from basicsr.archs import build_network
+
+    from mtkd.weights import file_sha256
+
+    teachers = []
+    for name, num_feat in (('a', 4), ('b', 6)):
+        entry = tiny_teacher(name, num_feat)
+        weights = tmp_path / f'{name}.pth'
+        torch.save(build_network(dict(entry['network'])).state_dict(), weights)
+        teachers.append(dict(entry, weights=str(weights)))
+    options = stage1_options(tiny_pairs, teachers)
+    options['name'] = f'pytest_ka_cached_{os.getpid()}'
+    options['datasets']['train'].update(type='TeacherPairedImageDataset', teacher_cache_root=str(tmp_path / 'cache'),
+                                        dataset_enlarge_ratio=4, num_worker_per_gpu=0)
+    options['train']['total_iter'] = 3
+    options['logger'] = {'print_freq': 1, 'save_checkpoint_freq': 100, 'use_tb_logger': False}
+    options['num_gpu'] = 0
+    path = tmp_path / 'ka_cached.yml'
+    path.write_text(yaml.safe_dump(options))
+    experiment = os.path.join(REPO_ROOT, 'experiments', options['name'])
+    try:
+        completed = subprocess.run([sys.executable, os.path.join(REPO_ROOT, 'mtkd', 'train.py'), '-opt', str(path)],
+                                   capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        manifests = glob.glob(str(tmp_path / 'cache' / '*' / 'manifest.json'))
+        assert len(manifests) == 1
+        with open(manifests[0]) as handle:
+            manifest = json.load(handle)
+        assert manifest['complete'] and [t['name'] for t in manifest['teachers']] == ['a', 'b']
+        checkpoint = torch.load(os.path.join(experiment, 'models', 'net_g_latest.pth'), weights_only=True)
+        assert [t['weights_sha256'] for t in checkpoint['teachers']] == [file_sha256(t['weights']) for t in teachers]
+        logs = glob.glob(os.path.join(experiment, f"train_{options['name']}_*.log"))
+        assert len(logs) == 1
+        with open(logs[0]) as handle:
+            log = handle.read()
+        assert 'iter:       3' in log and 'Validation toyval' in log and 'teacher_average' in log
+    finally:
+        shutil.rmtree(experiment, ignore_errors=True)

@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from mtkd.archs.arch_util import (DistillationBlockChain, check_img_range, check_positive_ints, same_padding_conv,
+                                  squeeze_excitation)
 
 #: Constructor arguments that load each official checkpoint strictly, with its exact parameter count.
 #: The official IMDN works on RGB in [0, 1], so ``img_range`` stays 1.
@@ -23,16 +25,6 @@ IMDN_OFFICIAL_CHECKPOINTS = {
 LEAKY_SLOPE = 0.05
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
-    """Convolution with bias and 'same' zero padding (odd kernels), as every IMDN layer."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'IMDN: {name} must be a positive integer, got {value!r}.')
-
-
 class ContrastAwareChannelAttention(nn.Module):
     """Contrast-aware channel attention (CCA layer), IMDN paper Sec. 3.2 and Fig. 3.
 
@@ -43,13 +35,7 @@ class ContrastAwareChannelAttention(nn.Module):
 
     def __init__(self, num_channels: int, reduction: int = 16):
         super().__init__()
-        # Indices 0 and 2 of this Sequential are the official key names; keep the layout.
-        self.conv_du = nn.Sequential(
-            nn.Conv2d(num_channels, num_channels // reduction, 1, bias=True),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(num_channels // reduction, num_channels, 1, bias=True),
-            nn.Sigmoid(),
-        )
+        self.conv_du = squeeze_excitation(num_channels, reduction)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         mean = features.mean(dim=(2, 3), keepdim=True)
@@ -70,11 +56,11 @@ class InformationMultiDistillationBlock(nn.Module):
         super().__init__()
         self.distilled_channels = int(num_feat * distillation_rate)
         self.remaining_channels = num_feat - self.distilled_channels
-        self.c1 = _conv(num_feat, num_feat, 3)
-        self.c2 = _conv(self.remaining_channels, num_feat, 3)
-        self.c3 = _conv(self.remaining_channels, num_feat, 3)
-        self.c4 = _conv(self.remaining_channels, self.distilled_channels, 3)
-        self.c5 = _conv(self.distilled_channels * 4, num_feat, 1)
+        self.c1 = same_padding_conv(num_feat, num_feat, 3)
+        self.c2 = same_padding_conv(self.remaining_channels, num_feat, 3)
+        self.c3 = same_padding_conv(self.remaining_channels, num_feat, 3)
+        self.c4 = same_padding_conv(self.remaining_channels, self.distilled_channels, 3)
+        self.c5 = same_padding_conv(self.distilled_channels * 4, num_feat, 1)
         self.cca = ContrastAwareChannelAttention(self.distilled_channels * 4)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -89,12 +75,13 @@ class InformationMultiDistillationBlock(nn.Module):
 
 
 @ARCH_REGISTRY.register()
-class IMDN(nn.Module):
+class IMDN(DistillationBlockChain):
     """IMDN super-resolution network (Hui et al., ACM MM 2019, Fig. 2), loading the official checkpoints.
 
     Shallow 3x3 conv → ``num_block`` IMDBs in a chain → concatenation of every block's output, 1x1 conv +
     leaky ReLU(0.05) → 3x3 conv + long skip from the shallow features → 3x3 conv to
-    ``num_out_ch * upscale**2`` channels + pixel shuffle (no activation, no clamp).
+    ``num_out_ch * upscale**2`` channels + pixel shuffle (no activation, no clamp). This network around the
+    blocks is :class:`mtkd.archs.arch_util.DistillationBlockChain`, shared with RFDN.
 
     Args:
         num_in_ch, num_out_ch: image channels (3, RGB, for the official checkpoints).
@@ -113,36 +100,12 @@ class IMDN(nn.Module):
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 6,
                  upscale: int = 4, img_range: float = 1.0):
-        super().__init__()
-        for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
-                            ('num_block', num_block), ('upscale', upscale)):
-            _check_positive_int(name, value)
+        check_positive_ints('IMDN', num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                            num_block=num_block, upscale=upscale)
         if num_feat % 4 or num_feat < 16:
             # The IMDB distils num_feat/4 channels per step and its attention squeezes num_feat channels by 16.
             raise ValueError(f'IMDN: num_feat must be a multiple of 4 and at least 16 (the channel attention '
                              f'divides num_feat by 16), got {num_feat}. The paper uses 64.')
-        if not img_range > 0:
-            raise ValueError(f'IMDN: img_range must be positive (1.0 for the official weights), got {img_range!r}.')
-        self.upscale = upscale
-        self.img_range = float(img_range)
-        self.num_block = num_block
-
-        self.fea_conv = _conv(num_in_ch, num_feat, 3)
-        # Attribute names IMDB1..IMDB<n> are the official state-dict keys.
-        self.block_names = [f'IMDB{index}' for index in range(1, num_block + 1)]
-        for name in self.block_names:
-            self.add_module(name, InformationMultiDistillationBlock(num_feat))
-        self.c = nn.Sequential(nn.Conv2d(num_feat * num_block, num_feat, 1, bias=True),
-                               nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
-        self.LR_conv = _conv(num_feat, num_feat, 3)
-        self.upsampler = nn.Sequential(_conv(num_feat, num_out_ch * upscale ** 2, 3), nn.PixelShuffle(upscale))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        shallow = self.fea_conv(image * self.img_range)
-        block_outputs = []
-        features = shallow
-        for name in self.block_names:
-            features = getattr(self, name)(features)
-            block_outputs.append(features)
-        fused = self.LR_conv(self.c(torch.cat(block_outputs, dim=1))) + shallow
-        return self.upsampler(fused) / self.img_range
+        check_img_range('IMDN', img_range, '1.0 for the official weights')
+        super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, img_range, block_prefix='IMDB',
+                         make_block=InformationMultiDistillationBlock, leaky_slope=LEAKY_SLOPE)

@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from mtkd.archs.arch_util import (check_img_range, check_positive_ints, pixel_shuffle_upsampler,
+                                  same_padding_conv, squeeze_excitation)
 
 _LBNET = {'num_feat': 32, 'num_heads': 8, 'attention_reduction': 2}
 _LBNET_T = {'num_feat': 18, 'num_heads': 6, 'attention_reduction': 1}
@@ -41,16 +43,6 @@ TRANSFORMER_RECURSIONS = 3
 TOKEN_KERNEL = 3
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'LBNet: {name} must be a positive integer, got {value!r}.')
-
-
-def _conv(in_channels: int, out_channels: int, kernel_size: int, groups: int = 1) -> nn.Conv2d:
-    """Convolution with bias and 'same' zero padding (odd kernels), as every LBNet conv but the spatial one."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=True)
-
-
 def _mean_shift(num_channels: int, img_range: float, sign: int) -> nn.Conv2d:
     """EDSR's ``MeanShift`` (std 1): a 1x1 conv initialised to identity weights and bias ``sign*img_range*mean``.
 
@@ -74,13 +66,7 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, num_channels: int, reduction: int = 16):
         super().__init__()
-        # Indices 0 and 2 of this Sequential are the official key names; keep the layout.
-        self.conv_du = nn.Sequential(
-            nn.Conv2d(num_channels, num_channels // reduction, 1, bias=True),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(num_channels // reduction, num_channels, 1, bias=True),
-            nn.Sigmoid(),
-        )
+        self.conv_du = squeeze_excitation(num_channels, reduction)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return features * self.conv_du(features.mean(dim=(2, 3), keepdim=True))
@@ -113,12 +99,12 @@ class FeatureRefinementDualAttentionBlock(nn.Module):
     def __init__(self, num_feat: int):
         super().__init__()
         half = num_feat // 2
-        self.c1 = _conv(num_feat, num_feat, 1)
-        self.c2 = _conv(num_feat, half, 3)
-        self.c3 = _conv(num_feat, half, 3)
-        self.c4 = _conv(num_feat * 2, num_feat, 3)
-        self.c5 = _conv(half, half, 3)
-        self.c6 = _conv(num_feat * 2, num_feat, 1)
+        self.c1 = same_padding_conv(num_feat, num_feat, 1)
+        self.c2 = same_padding_conv(num_feat, half, 3)
+        self.c3 = same_padding_conv(num_feat, half, 3)
+        self.c4 = same_padding_conv(num_feat * 2, num_feat, 3)
+        self.c5 = same_padding_conv(half, half, 3)
+        self.c6 = same_padding_conv(num_feat * 2, num_feat, 1)
         self.se = ChannelAttention(num_feat * 2)
         self.sa = SpatialAttention()
 
@@ -144,9 +130,9 @@ class LocalFeatureFusionModule(nn.Module):
         self.b1 = FeatureRefinementDualAttentionBlock(num_feat)
         self.b2 = FeatureRefinementDualAttentionBlock(num_feat)
         self.b3 = FeatureRefinementDualAttentionBlock(num_feat)
-        self.c1 = _conv(2 * num_feat, num_feat, 1, groups=2)
-        self.c2 = _conv(3 * num_feat, num_feat, 1, groups=2)
-        self.c3 = _conv(4 * num_feat, num_feat, 1)
+        self.c1 = same_padding_conv(2 * num_feat, num_feat, 1, groups=2)
+        self.c2 = same_padding_conv(3 * num_feat, num_feat, 1, groups=2)
+        self.c3 = same_padding_conv(4 * num_feat, num_feat, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out1 = self.b1(features)
@@ -289,10 +275,8 @@ class LBNet(nn.Module):
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 32, num_heads: int = 8,
                  upscale: int = 4, img_range: float = 255.0, attention_reduction: int = 2):
         super().__init__()
-        for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
-                            ('num_heads', num_heads), ('upscale', upscale),
-                            ('attention_reduction', attention_reduction)):
-            _check_positive_int(name, value)
+        check_positive_ints('LBNet', num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                            num_heads=num_heads, upscale=upscale, attention_reduction=attention_reduction)
         if num_in_ch != 3 or num_out_ch != 3:
             raise ValueError(f'LBNet: num_in_ch and num_out_ch must be 3 (the mean shift subtracts an RGB mean), '
                              f'got {num_in_ch} and {num_out_ch}.')
@@ -305,13 +289,12 @@ class LBNet(nn.Module):
                              f'{token_dim}/{attention_reduction} must be an integer divisible by num_heads '
                              f'({num_heads}). Use num_feat=32, num_heads=8, attention_reduction=2 (LBNet) or '
                              '18, 6, 1 (LBNet-T).')
-        if not img_range > 0:
-            raise ValueError(f'LBNet: img_range must be positive (255 for the official weights), got {img_range!r}.')
+        check_img_range('LBNet', img_range, '255 for the official weights')
         self.upscale = upscale
         self.img_range = float(img_range)
 
         self.sub_mean = _mean_shift(num_in_ch, self.img_range, sign=-1)
-        self.head = _conv(num_in_ch, num_feat, 3)
+        self.head = same_padding_conv(num_in_ch, num_feat, 3)
         self.r1 = LocalFeatureFusionModule(num_feat)
         self.r2 = LocalFeatureFusionModule(num_feat)
         self.r3 = LocalFeatureFusionModule(num_feat)
@@ -320,10 +303,10 @@ class LBNet(nn.Module):
         self.se3 = ChannelAttention(num_feat)
         self.attention = EfficientTransformerBlock(token_dim, num_heads, attention_reduction)
         self.attention2 = EfficientTransformerBlock(token_dim, num_heads, attention_reduction)
-        self.c1 = _conv(6 * num_feat, num_feat, 1)
-        self.c2 = _conv(num_feat, num_feat, 3)
-        self.c3 = _conv(num_feat, num_feat, 3)
-        self.tail = nn.Sequential(_conv(num_feat, num_out_ch * upscale ** 2, 3), nn.PixelShuffle(upscale))
+        self.c1 = same_padding_conv(6 * num_feat, num_feat, 1)
+        self.c2 = same_padding_conv(num_feat, num_feat, 3)
+        self.c3 = same_padding_conv(num_feat, num_feat, 3)
+        self.tail = pixel_shuffle_upsampler(num_feat, num_out_ch, upscale)
         self.add_mean = _mean_shift(num_out_ch, self.img_range, sign=1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from mtkd.archs.arch_util import check_img_range, check_positive_ints
 
 #: Constructor arguments that load each official checkpoint strictly, with its exact parameter count.
 #: The official PAN works on RGB in [0, 1], so ``img_range`` stays 1.
@@ -27,11 +28,6 @@ SUPPORTED_SCALES = (2, 3, 4)
 
 # Slope of every leaky ReLU in the official code.
 LEAKY_SLOPE = 0.2
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'PAN: {name} must be a positive integer, got {value!r}.')
 
 
 def _leaky_relu(features: torch.Tensor) -> torch.Tensor:
@@ -138,9 +134,8 @@ class PAN(nn.Module):
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 40, unf_feat: int = 24,
                  num_block: int = 16, upscale: int = 4, img_range: float = 1.0):
         super().__init__()
-        for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
-                            ('unf_feat', unf_feat), ('num_block', num_block), ('upscale', upscale)):
-            _check_positive_int(name, value)
+        check_positive_ints('PAN', num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, unf_feat=unf_feat,
+                            num_block=num_block, upscale=upscale)
         if upscale not in SUPPORTED_SCALES:
             raise ValueError(f'PAN: upscale must be one of {SUPPORTED_SCALES} (the official upsampling path is '
                              f'defined only for these), got {upscale}.')
@@ -150,8 +145,7 @@ class PAN(nn.Module):
         if num_feat % 2:
             raise ValueError(f'PAN: num_feat must be even (each SCPA splits it into two halves), got {num_feat}. '
                              'The paper uses 40.')
-        if not img_range > 0:
-            raise ValueError(f'PAN: img_range must be positive (1.0 for the official weights), got {img_range!r}.')
+        check_img_range('PAN', img_range, '1.0 for the official weights')
         self.upscale = upscale
         self.img_range = float(img_range)
 

@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from mtkd.archs.arch_util import (DistillationBlockChain, check_esa_input_size, check_img_range,
+                                  check_positive_ints, same_padding_conv)
 
 #: Constructor arguments that load each released checkpoint strictly, with its exact parameter count.
 #: ``img_range``: RFDN_AIM.pth was trained on RGB in [0, 255]; the DTKD/MTKDSR students on [0, 1].
@@ -30,19 +32,6 @@ RFDN_OFFICIAL_CHECKPOINTS = {
 
 # Slope of every leaky ReLU in the official code (``activation('lrelu', neg_slope=0.05)``).
 LEAKY_SLOPE = 0.05
-# The enhanced spatial attention downsamples by a stride-2 3x3 conv (no padding) and a 7x7 stride-3 max pool:
-# smaller inputs leave nothing to pool.
-MIN_INPUT_SIZE = 15
-
-
-def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
-    """Convolution with bias and 'same' zero padding (odd kernels)."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'RFDN: {name} must be a positive integer, got {value!r}.')
 
 
 class EnhancedSpatialAttention(nn.Module):
@@ -90,14 +79,14 @@ class ResidualFeatureDistillationBlock(nn.Module):
     def __init__(self, num_feat: int):
         super().__init__()
         distilled = num_feat // 2
-        self.c1_d = _conv(num_feat, distilled, 1)
-        self.c1_r = _conv(num_feat, num_feat, 3)
-        self.c2_d = _conv(num_feat, distilled, 1)
-        self.c2_r = _conv(num_feat, num_feat, 3)
-        self.c3_d = _conv(num_feat, distilled, 1)
-        self.c3_r = _conv(num_feat, num_feat, 3)
-        self.c4 = _conv(num_feat, distilled, 3)
-        self.c5 = _conv(distilled * 4, num_feat, 1)
+        self.c1_d = same_padding_conv(num_feat, distilled, 1)
+        self.c1_r = same_padding_conv(num_feat, num_feat, 3)
+        self.c2_d = same_padding_conv(num_feat, distilled, 1)
+        self.c2_r = same_padding_conv(num_feat, num_feat, 3)
+        self.c3_d = same_padding_conv(num_feat, distilled, 1)
+        self.c3_r = same_padding_conv(num_feat, num_feat, 3)
+        self.c4 = same_padding_conv(num_feat, distilled, 3)
+        self.c5 = same_padding_conv(distilled * 4, num_feat, 1)
         self.esa = EnhancedSpatialAttention(num_feat)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -111,12 +100,13 @@ class ResidualFeatureDistillationBlock(nn.Module):
 
 
 @ARCH_REGISTRY.register()
-class RFDN(nn.Module):
+class RFDN(DistillationBlockChain):
     """RFDN super-resolution network (Liu et al., ECCV-W 2020, Fig. 2a), loading the official checkpoints.
 
     Shallow 3x3 conv → ``num_block`` RFDBs in a chain → concatenation of every block's output, 1x1 conv +
     leaky ReLU(0.05) → 3x3 conv + long skip from the shallow features → 3x3 conv to
-    ``num_out_ch * upscale**2`` channels + pixel shuffle (no activation, no clamp).
+    ``num_out_ch * upscale**2`` channels + pixel shuffle (no activation, no clamp): IMDN's network with
+    another block, shared as :class:`mtkd.archs.arch_util.DistillationBlockChain`.
 
     Args:
         num_in_ch, num_out_ch: image channels (3, RGB, for the released checkpoints).
@@ -139,40 +129,15 @@ class RFDN(nn.Module):
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 50, num_block: int = 4,
                  upscale: int = 4, img_range: float = 1.0):
-        super().__init__()
-        for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
-                            ('num_block', num_block), ('upscale', upscale)):
-            _check_positive_int(name, value)
+        check_positive_ints('RFDN', num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                            num_block=num_block, upscale=upscale)
         if num_feat < 4:
             raise ValueError(f'RFDN: num_feat must be at least 4 (the attention works on num_feat // 4 channels), '
                              f'got {num_feat}. Released checkpoints use 50 (RFDN_AIM) or 64 (DTKD students).')
-        if not img_range > 0:
-            raise ValueError(f'RFDN: img_range must be positive (255. for RFDN_AIM.pth, 1. for the DTKD '
-                             f'students), got {img_range!r}.')
-        self.upscale = upscale
-        self.img_range = float(img_range)
-        self.num_block = num_block
-
-        self.fea_conv = _conv(num_in_ch, num_feat, 3)
-        # Attribute names B1..B<n> are the official state-dict keys.
-        self.block_names = [f'B{index}' for index in range(1, num_block + 1)]
-        for name in self.block_names:
-            self.add_module(name, ResidualFeatureDistillationBlock(num_feat))
-        self.c = nn.Sequential(nn.Conv2d(num_feat * num_block, num_feat, 1, bias=True),
-                               nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
-        self.LR_conv = _conv(num_feat, num_feat, 3)
-        self.upsampler = nn.Sequential(_conv(num_feat, num_out_ch * upscale ** 2, 3), nn.PixelShuffle(upscale))
+        check_img_range('RFDN', img_range, '255. for RFDN_AIM.pth, 1. for the DTKD students')
+        super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, img_range, block_prefix='B',
+                         make_block=ResidualFeatureDistillationBlock, leaky_slope=LEAKY_SLOPE)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if min(image.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(f'RFDN: input height and width must be at least {MIN_INPUT_SIZE} pixels (its spatial '
-                             f'attention pools 7x7 windows of half-size features), got {tuple(image.shape)}. '
-                             'Use larger patches or pad the input.')
-        shallow = self.fea_conv(image * self.img_range)
-        block_outputs = []
-        features = shallow
-        for name in self.block_names:
-            features = getattr(self, name)(features)
-            block_outputs.append(features)
-        fused = self.LR_conv(self.c(torch.cat(block_outputs, dim=1))) + shallow
-        return self.upsampler(fused) / self.img_range
+        check_esa_input_size('RFDN', image)
+        return super().forward(image)

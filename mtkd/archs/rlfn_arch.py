@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from mtkd.archs.arch_util import (check_esa_input_size, check_img_range, check_positive_ints, pixel_shuffle_upsampler,
+                                  same_padding_conv)
 
 #: Constructor arguments that load each official checkpoint strictly, with its exact parameter count.
 #: Every official RLFN file was trained on RGB in [0, 255] (``test_demo.py`` multiplies by 255), hence
@@ -33,19 +35,6 @@ RLFN_OFFICIAL_CHECKPOINTS = {
 
 # Slope of every leaky ReLU in the official code (``activation('lrelu', neg_slope=0.05)``).
 LEAKY_SLOPE = 0.05
-# The spatial attention downsamples by a stride-2 3x3 conv (no padding) and a 7x7 stride-3 max pool:
-# smaller inputs leave nothing to pool.
-MIN_INPUT_SIZE = 15
-
-
-def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
-    """Convolution with bias and 'same' zero padding (odd kernels)."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'RLFN: {name} must be a positive integer, got {value!r}.')
 
 
 class LightSpatialAttention(nn.Module):
@@ -82,10 +71,10 @@ class ResidualLocalFeatureBlock(nn.Module):
 
     def __init__(self, num_feat: int, num_mid_feat: int, esa_channels: int):
         super().__init__()
-        self.c1_r = _conv(num_feat, num_mid_feat, 3)
-        self.c2_r = _conv(num_mid_feat, num_mid_feat, 3)
-        self.c3_r = _conv(num_mid_feat, num_feat, 3)
-        self.c5 = _conv(num_feat, num_feat, 1)
+        self.c1_r = same_padding_conv(num_feat, num_mid_feat, 3)
+        self.c2_r = same_padding_conv(num_mid_feat, num_mid_feat, 3)
+        self.c3_r = same_padding_conv(num_mid_feat, num_feat, 3)
+        self.c5 = same_padding_conv(num_feat, num_feat, 1)
         self.esa = LightSpatialAttention(num_feat, esa_channels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -128,30 +117,24 @@ class RLFN(nn.Module):
         super().__init__()
         if num_mid_feat is None:
             num_mid_feat = num_feat
-        for name, value in (('num_in_ch', num_in_ch), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
-                            ('num_block', num_block), ('upscale', upscale), ('num_mid_feat', num_mid_feat),
-                            ('esa_channels', esa_channels)):
-            _check_positive_int(name, value)
-        if not img_range > 0:
-            raise ValueError(f'RLFN: img_range must be positive (255. for the official checkpoints), '
-                             f'got {img_range!r}.')
+        check_positive_ints('RLFN', num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat,
+                            num_block=num_block, upscale=upscale, num_mid_feat=num_mid_feat,
+                            esa_channels=esa_channels)
+        check_img_range('RLFN', img_range, '255. for the official checkpoints')
         self.upscale = upscale
         self.img_range = float(img_range)
         self.num_block = num_block
 
-        self.conv_1 = _conv(num_in_ch, num_feat, 3)
+        self.conv_1 = same_padding_conv(num_in_ch, num_feat, 3)
         # Attribute names block_1..block_<n> are the official state-dict keys.
         self.block_names = [f'block_{index}' for index in range(1, num_block + 1)]
         for name in self.block_names:
             self.add_module(name, ResidualLocalFeatureBlock(num_feat, num_mid_feat, esa_channels))
-        self.conv_2 = _conv(num_feat, num_feat, 3)
-        self.upsampler = nn.Sequential(_conv(num_feat, num_out_ch * upscale ** 2, 3), nn.PixelShuffle(upscale))
+        self.conv_2 = same_padding_conv(num_feat, num_feat, 3)
+        self.upsampler = pixel_shuffle_upsampler(num_feat, num_out_ch, upscale)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if min(image.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(f'RLFN: input height and width must be at least {MIN_INPUT_SIZE} pixels (its spatial '
-                             f'attention pools 7x7 windows of half-size features), got {tuple(image.shape)}. '
-                             'Use larger patches or pad the input.')
+        check_esa_input_size('RLFN', image)
         shallow = self.conv_1(image * self.img_range)
         features = shallow
         for name in self.block_names:

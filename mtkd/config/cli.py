@@ -136,30 +136,20 @@ def runtime_options(options: dict[str, Any], args: argparse.Namespace, root_path
 
 
 def attach_teacher_cache(options: dict[str, Any], root_path: str) -> None:
-    """Datasets that read the teacher-output cache get the teachers' names and fingerprints (weights sha256
-    included), which select the cache; a missing or incomplete cache is built first (rank 0 builds, the other
-    ranks wait), with a progress bar. BasicSR builds datasets before the model, hence here."""
-    from mtkd.teacher_cache import build_cache_from_options
+    """Datasets that read the teacher-output cache get the teachers (weights paths resolved), their names and
+    fingerprints (weights sha256 included), which select the cache. The dataset builds a missing cache itself,
+    after BasicSR has set up its logger (see ``TeacherPairedImageDataset``)."""
     from mtkd.teachers import fingerprint_specs, teacher_specs_from_options
 
     specs = teacher_specs_from_options(options['teachers'], root_path)
-    cached = {key: dataset for key, dataset in options['datasets'].items()
-              if 'teacher_fingerprints' in dataset and not dataset.get('teacher_cache_dir')}
+    cached = [dataset for dataset in options['datasets'].values() if 'teacher_fingerprints' in dataset]
     if not cached:
         return
     fingerprints = fingerprint_specs(specs)
-    for dataset in cached.values():
+    for dataset in cached:
         dataset['teacher_names'] = [spec.name for spec in specs]
         dataset['teacher_fingerprints'] = fingerprints
-    train = cached.get('train')
-    if train is None or not options['is_train']:
-        return
-    if options['rank'] == 0:
-        device = 'cuda' if torch.cuda.is_available() and options['num_gpu'] else 'cpu'
-        build_cache_from_options(options, root=root_path, device=device, progress=True)
-    if options['dist']:
-        import torch.distributed as dist
-        dist.barrier()
+        dataset['teachers'] = [dict(entry, weights=spec.weights) for entry, spec in zip(options['teachers'], specs)]
 
 
 def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None = None):

@@ -14,10 +14,11 @@ from torch.utils import data
 from torchvision.transforms.functional import normalize
 
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, imfrombytes, img2tensor
+from basicsr.utils import FileClient, get_root_logger, imfrombytes, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from mtkd.config.schema import PairedImageDatasetOptions, register_dataset_options
+from mtkd.data.pairing import match_gt_to_lq
 from mtkd.teacher_cache import (BUILD_COMMAND, DEFAULT_CACHE_ROOT, TeacherCacheError, TeacherOutputCache,
                                 dataset_key, image_stem, paired_lq_paths)
 from mtkd.teachers import check_fingerprint
@@ -34,9 +35,38 @@ class TeacherPairedImageDatasetOptions(PairedImageDatasetOptions):
                                     description='where scripts/build_teacher_cache.py puts caches')
     teacher_names: list[str] | None = Field(
         default=None, description="the teachers' names in order; the cache's manifest must list the same")
+    skip_images_smaller_than_patch: bool = Field(
+        default=False, description='training: leave out (and log) images whose HR is smaller than gt_size '
+        'instead of stopping with an error (the 291-image set has 7 such images at gt_size 128, x4)')
+    teachers: list[dict[str, Any]] | None = Field(
+        default=None, description='filled by mtkd from the teachers: list: with it, a missing cache is built at '
+        'start (rank 0 builds, other ranks wait)')
     teacher_fingerprints: list[dict[str, Any]] | None = Field(
         default=None, description='filled by mtkd from the teachers: list (mtkd.teachers.fingerprint_specs), not '
         'by hand: identifies the cache exactly (weights sha256 included)')
+
+
+def build_missing_teacher_cache(opt: dict, lq_paths: list[str]) -> None:
+    """Build the cache of ``opt['teachers']`` on ``lq_paths`` unless a complete one exists (a no-op without
+    ``teachers``). Under DDP rank 0 builds and the other ranks wait, so the cache is built once."""
+    from basicsr.utils.dist_util import get_dist_info
+
+    from mtkd.teachers import TeacherEnsemble, teacher_specs_from_options
+
+    if not opt.get('teachers') or opt.get('teacher_cache_dir'):
+        return
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        specs = teacher_specs_from_options(opt['teachers'])
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        ensemble = TeacherEnsemble(specs, opt['scale'], device=device, logger=get_root_logger())
+        cache = TeacherOutputCache(opt.get('teacher_cache_root') or DEFAULT_CACHE_ROOT, ensemble.fingerprint(),
+                                   dataset_key(lq_paths), opt['scale'])
+        if not cache.is_complete([image_stem(path) for path in lq_paths]):
+            cache.build(ensemble, lq_paths, progress=True, logger=get_root_logger())
+        del ensemble
+    if world_size > 1:
+        torch.distributed.barrier()
 
 
 def open_teacher_cache(opt: dict, lq_paths: list[str]) -> TeacherOutputCache:
@@ -101,6 +131,7 @@ class TeacherPairedImageDataset(data.Dataset):
         self.paths = paired_lq_paths(opt['dataroot_gt'], opt['dataroot_lq'], opt.get('filename_tmpl', '{}'),
                                      opt.get('meta_info_file'))
         self.stems = [image_stem(pair['lq_path']) for pair in self.paths]
+        build_missing_teacher_cache(opt, [pair['lq_path'] for pair in self.paths])
         self.cache = open_teacher_cache(opt, [pair['lq_path'] for pair in self.paths])
         self.teacher_names = self.cache.teacher_names
         wanted = opt.get('teacher_names')
@@ -114,6 +145,20 @@ class TeacherPairedImageDataset(data.Dataset):
             more = f' and {len(missing) - 5} more' if len(missing) > 5 else ''
             raise TeacherCacheError(f'the teacher-output cache {self.cache.path} lacks {shown}{more}; finish it with '
                                     f'`{BUILD_COMMAND}`')
+        if opt['phase'] == 'train' and opt.get('skip_images_smaller_than_patch'):
+            self._drop_images_smaller_than(opt['gt_size'])
+
+    def _drop_images_smaller_than(self, gt_size: int) -> None:
+        """Leave out training images whose (cropped) HR is smaller than the patch, and log their names."""
+        first_teacher = self.teacher_names[0]
+        keep = [index for index, stem in enumerate(self.stems)
+                if min(self.cache.open_array(first_teacher, stem).shape[:2]) >= gt_size]
+        dropped = [self.stems[index] for index in range(len(self.stems)) if index not in set(keep)]
+        if dropped:
+            get_root_logger().warning(f"dataset '{self.opt.get('name')}': {len(dropped)} image(s) smaller than "
+                                      f'gt_size {gt_size} left out (skip_images_smaller_than_patch): {dropped}')
+        self.paths = [self.paths[index] for index in keep]
+        self.stems = [self.stems[index] for index in keep]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -137,6 +182,7 @@ class TeacherPairedImageDataset(data.Dataset):
         image_gt = imfrombytes(self.file_client.get(gt_path, 'gt'), float32=True)
         image_lq = imfrombytes(self.file_client.get(lq_path, 'lq'), float32=True)
         teacher_arrays = self._teacher_arrays(index, image_lq.shape)
+        image_gt = match_gt_to_lq(image_gt, image_lq, self.scale, gt_path, lq_path)
 
         if self.opt['phase'] == 'train':
             # One list: the teacher outputs get GT's crop window and flips (memory maps: only the crop is read).
@@ -148,7 +194,6 @@ class TeacherPairedImageDataset(data.Dataset):
                                 self.opt.get('use_rot', True))
             image_gt, image_lq, teachers = augmented[0], augmented[1], augmented[2:]
         else:
-            image_gt = image_gt[:image_lq.shape[0] * self.scale, :image_lq.shape[1] * self.scale, :]
             teachers = [np.array(array, dtype=np.float32) for array in teacher_arrays]
 
         tensor_gt, tensor_lq = img2tensor([image_gt, image_lq], bgr2rgb=True, float32=True)

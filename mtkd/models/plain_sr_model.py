@@ -28,7 +28,7 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr.models import lr_scheduler
 
-from mtkd.checkpoint import atomic_torch_save, atomic_write_json
+from mtkd.fileio import atomic_torch_save, atomic_write_json
 from mtkd.transforms.padding import run_padded
 from mtkd.weights import load_weights, read_checkpoint
 

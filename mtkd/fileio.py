@@ -1,0 +1,62 @@
+"""File hashing and atomic writing: a crash while saving never leaves a truncated checkpoint, array or JSON behind.
+
+Every writer goes through :func:`atomic_write`: the content is written into a hidden temporary file beside the
+destination (same folder, hence same file system), flushed and fsynced, then moved onto the destination with
+``os.replace``, which is atomic on POSIX and Windows. A reader sees either the old file or the whole new one; an
+exception while writing (including a content check the caller raises from its ``write`` callback) deletes the
+temporary file and leaves the destination untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, BinaryIO, Callable
+
+#: Bytes read per chunk while hashing (checkpoints and archives reach GBs).
+HASH_CHUNK_SIZE = 1 << 20
+
+
+def file_sha256(path: str, chunk_size: int = HASH_CHUNK_SIZE) -> str:
+    """Hex sha256 of a file, read in chunks of ``chunk_size`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], Any], suffix: str = '.tmp') -> str:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
+
+    The temporary file is ``.<name>.<random><suffix>`` in ``path``'s folder (created if missing). Anything
+    ``write`` raises deletes it and propagates, so ``path`` is replaced only by a complete, accepted file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(descriptor, 'wb') as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str) -> str:
+    """``torch.save`` that either writes the whole file or leaves the old one untouched."""
+    import torch  # here, so that hashing and downloads (mtkd.download) need only the standard library
+
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_json(obj: Any, path: str) -> str:
+    """Write ``obj`` as JSON indented by 2 (keys in insertion order) plus a final newline, atomically."""
+    text = json.dumps(obj, indent=2) + '\n'
+    return atomic_write(path, lambda handle: handle.write(text.encode('utf-8')))
