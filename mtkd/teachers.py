@@ -265,6 +265,15 @@ def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(module, False)
 
 
+def freeze_network(network: nn.Module) -> nn.Module:
+    """Freeze a network for good: eval mode (pinned, so a parent's ``.train()`` cannot undo it) and no
+    parameter requires grad. The third part of freezing, running it under ``torch.no_grad()``, is the caller's."""
+    network.eval()
+    network.requires_grad_(False)
+    network.train = functools.partial(_stay_in_eval, network)  # a partial still pickles and deep-copies
+    return network
+
+
 def _same_device(first: torch.device, second: torch.device) -> bool:
     return first.type == second.type and (first.index is None or second.index is None or first.index == second.index)
 
@@ -332,11 +341,7 @@ class TeacherEnsemble:
                                      f'{scale}; use weights for x{scale} and set {key}: {scale}')
             network = build_network(dict(spec.network))
             weights_sha256 = self._load(network, spec, allow_random_weights)
-            network.eval()
-            network.requires_grad_(False)
-            # Pin this instance's train() to eval, so a stray `.train()` cannot switch on dropout/BN updates.
-            network.train = functools.partial(_stay_in_eval, network)  # a partial still pickles and deep-copies
-            self._networks.append(network)
+            self._networks.append(freeze_network(network))
             self._fingerprints.append(spec_fingerprint(spec, weights_sha256))
         self.device = torch.device(device)
         self.to(device)
@@ -375,6 +380,12 @@ class TeacherEnsemble:
     def fingerprint(self) -> list[dict[str, Any]]:
         """One dict per teacher, in order (see :func:`spec_fingerprint`); weights hashed once, at construction."""
         return json.loads(json.dumps(self._fingerprints))
+
+    def network(self, name: str) -> nn.Module:
+        """The frozen network of teacher ``name`` (to tap its features; never to train or save it)."""
+        if name not in self.names:
+            raise KeyError(f"no teacher named '{name}'; the teachers are {', '.join(self.names)}")
+        return self._networks[self.names.index(name)]
 
     def parameters(self):
         """Every teacher parameter (for checks: none requires grad); never give these to an optimiser."""
@@ -452,6 +463,6 @@ class TeacherEnsemble:
         return torch.stack(outputs, dim=0).mean(dim=0)
 
 
-__all__ = ['TeacherSpec', 'TeacherEnsemble', 'TeacherMismatchError', 'TeacherWeightsError', 'check_fingerprint',
+__all__ = ['TeacherSpec', 'TeacherEnsemble', 'freeze_network', 'TeacherMismatchError', 'TeacherWeightsError', 'check_fingerprint',
            'check_unique_names', 'canonical_network_args', 'fingerprint_specs', 'run_tiled', 'spec_fingerprint',
            'teacher_specs_from_options']

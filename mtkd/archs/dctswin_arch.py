@@ -16,17 +16,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from mtkd.archs.arch_util import check_positive_ints
 from mtkd.transforms.dct import dct_matrix
 
 #: ``'dctswin'``: the paper's layer; ``'swin'``: the same layer without DCT/IDCT (the paper's ablation v4),
 #: pixel-token attention with Swin's shifted-window mask; ``'mixer'``: MLP-Mixer token mixing inside the
 #: windows (ablation v3; Tolstikhin et al., NeurIPS 2021).
 BLOCK_TYPES = ('dctswin', 'swin', 'mixer')
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'DCTSwin: {name} must be a positive integer, got {value!r}.')
 
 
 def partition_windows(features: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -308,10 +304,9 @@ class DCTSwin(nn.Module):
                  upscale: int = 4, img_range: float = 1., block_conv: bool = True, block_type: str = 'dctswin',
                  global_residual: bool = False):
         super().__init__()
-        for name, value in (('num_teachers', num_teachers), ('num_out_ch', num_out_ch), ('num_feat', num_feat),
-                            ('num_block', num_block), ('num_layer', num_layer), ('window_size', window_size),
-                            ('num_heads', num_heads), ('upscale', upscale)):
-            _check_positive_int(name, value)
+        check_positive_ints('DCTSwin', num_teachers=num_teachers, num_out_ch=num_out_ch, num_feat=num_feat,
+                            num_block=num_block, num_layer=num_layer, window_size=window_size, num_heads=num_heads,
+                            upscale=upscale)
         if num_feat % num_heads:
             raise ValueError(f'DCTSwin: num_heads={num_heads} must divide num_feat={num_feat} '
                              '(e.g. num_heads=6 or 4 for num_feat=24).')

@@ -39,6 +39,12 @@ class LossOptions(CallableBlock):
     """A loss term: a registered loss, ``loss_weight``, ``reduction`` and its own arguments."""
 
 
+class FeatureLossOptions(CallableBlock):
+    """A feature-distillation loss (AT, FAKD) and the layers it compares, addressed by module path."""
+    student_layers: list[str] = Field(min_length=1, description="student module paths, e.g. ['body.3']")
+    teacher_layers: list[str] = Field(min_length=1, description='teacher module paths, one per student layer')
+
+
 class MetricOptions(CallableBlock):
     """A validation metric: a registered metric function and its arguments."""
     better: Literal['higher', 'lower'] = 'higher'

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from mtkd.config.errors import OptionError, OptionProblem, nearest_name
 from mtkd.config.schema import (DATASET_OPTION_SCHEMAS, MODEL_OPTION_SCHEMAS, SUPPORTED_OPTIMIZERS,
-                                SUPPORTED_SCHEDULERS, CallableBlock, DatasetOptions, LossOptions, MetricOptions,
+                                SUPPORTED_SCHEDULERS, CallableBlock, DatasetOptions, FeatureLossOptions, LossOptions,
+                                MetricOptions,
                                 NetworkOptions, OptimizerOptions, SchedulerOptions, SROptions, StrictBlock,
                                 TrainOptions)
 
@@ -198,8 +199,12 @@ def callable_problems(options: SROptions) -> list[OptionProblem]:
     for location, block in _iter_callable_blocks(options):
         if isinstance(block, NetworkOptions):
             problems += _registry_problems(ARCH_REGISTRY, block, location, 'arch')
-        elif isinstance(block, LossOptions):
+        elif isinstance(block, (LossOptions, FeatureLossOptions)):
             problems += _registry_problems(LOSS_REGISTRY, block, location, 'loss')
+            if isinstance(block, FeatureLossOptions) and len(block.student_layers) != len(block.teacher_layers):
+                problems.append(OptionProblem(location, f'{len(block.student_layers)} student_layers but '
+                                              f'{len(block.teacher_layers)} teacher_layers: give one teacher layer '
+                                              'per student layer'))
         elif isinstance(block, MetricOptions):
             problems += _registry_problems(METRIC_REGISTRY, block, location, 'metric', skip=('img', 'img2'))
         elif isinstance(block, OptimizerOptions):
@@ -388,6 +393,11 @@ def validate_options(raw: Mapping, *, is_train: bool, check_files: bool = True, 
     problems += dataset_issues + callable_problems(options) + semantic_problems(options, is_train)
     problems += teacher_problems(options, check_files, root)
     problems += options.extra_problems(is_train)
+    aggregator = getattr(options, 'aggregator', None)
+    if check_files and aggregator is not None and (aggregator.weights is None or
+                                                   not os.path.isfile(_resolve_path(aggregator.weights, root))):
+        problems.append(OptionProblem(('aggregator', 'weights'), f'stage-1 checkpoint {aggregator.weights} not found; '
+                                      'train it with the stage-1 option file named in this file'))
     if check_files:
         problems += file_problems(options, datasets, root)
     if problems:

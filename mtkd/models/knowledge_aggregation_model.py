@@ -77,11 +77,12 @@ class KnowledgeAggregationModel(PlainSRModel):
     # ---- data and optimisation ------------------------------------------------------------------------------
     def feed_data(self, data):
         super().feed_data(data)
-        outputs = data.get('teacher_outputs')
-        self.teacher_stack = (outputs.to(self.device).flatten(1, 2) if outputs is not None
-                              else self.teachers.stacked(self.lq))
+        self.cached_teacher_outputs = data.get('teacher_outputs')  # (B, N, 3, sH, sW) from the cache, if used
 
     def optimize_parameters(self, current_iter):
+        cached = self.cached_teacher_outputs
+        self.teacher_stack = (cached.to(self.device).flatten(1, 2) if cached is not None
+                              else self.teachers.stacked(self.lq))
         self.optimizer_g.zero_grad()
         self.output = self.net_g(self.teacher_stack)
         loss_dict = OrderedDict()

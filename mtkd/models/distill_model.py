@@ -1,0 +1,203 @@
+"""``DistillModel``: a student distilled from frozen teachers, one trainer for MTKD stage 2 and the KD baselines.
+
+MTKD stage 2 (Jiang et al., ECCV 2024, Sec. 3.2, Eq. 2-4): the frozen stage-1 aggregator (``aggregator:``)
+fuses the frozen teachers' outputs into ``I_MT``; the student learns
+``L_total = α·L1(I_stu, I_GT) + L_dis(I_stu, I_MT)`` (α: ``train.pixel_opt.loss_weight``, 0.1 in the paper;
+``L_dis``: ``distill.output_opt``, the wavelet loss in the paper). Output KD (Hinton-style KD for SR) is the
+same trainer with ``distill.target: teacher`` (one teacher's output as the target) and an L1 ``output_opt``.
+Methods differ only in the ``distill:`` block (and ``aggregator:``), so comparisons are fair.
+
+Everything on the teacher side (teachers and aggregator) is frozen three ways and never enters an optimizer
+or a student checkpoint; the aggregator's weights (EMA weights by default, ``param_key: auto``) are checked
+against the teacher list recorded in its stage-1 checkpoint.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from mtkd.config.errors import OptionProblem
+from mtkd.config.schema import (FeatureLossOptions, LossOptions, NetworkOptions, SROptions, StrictBlock,
+                                TeacherOptions, register_model_options)
+from mtkd.feature_taps import FeatureTaps
+from mtkd.models.knowledge_aggregation_model import build_teachers
+from mtkd.models.plain_sr_model import PlainSRModel
+from mtkd.teachers import check_fingerprint, freeze_network
+from mtkd.weights import load_weights, read_checkpoint
+
+
+class AggregatorOptions(StrictBlock):
+    """The frozen stage-1 knowledge-aggregation network and its checkpoint."""
+    network: NetworkOptions
+    weights: str | None = Field(default=None, description='stage-1 KA checkpoint (experiments/<stage1>/models/...)')
+    param_key: str | None = Field(default='auto', description="'auto' takes params_ema first (the EMA weights)")
+    strict_load: bool = True
+
+
+class DistillBlock(StrictBlock):
+    """What the student learns from: the target image and the distillation loss on the student's output."""
+    target: Literal['aggregate', 'teacher'] = Field(
+        default='aggregate', description="'aggregate': the aggregator's I_MT (MTKD); 'teacher': one teacher's output")
+    teacher: str | None = Field(default=None, description="for target 'teacher': the teacher's name")
+    output_opt: LossOptions | None = Field(default=None, description='loss between the student output and the '
+                                           'target (MTKD: WaveletDistillLoss; KD: L1Loss)')
+    feature_opt: FeatureLossOptions | None = Field(default=None, description="feature KD (AT, FAKD) against the "
+                                                   "teacher named in 'teacher' (the first one when unnamed)")
+
+
+@register_model_options('DistillModel')
+class DistillOptions(SROptions):
+    """Stage-2 / KD option file: the student (``network_g``), frozen teachers, optionally the aggregator."""
+    teachers: list[TeacherOptions] = Field(min_length=1)
+    aggregator: AggregatorOptions | None = None
+    distill: DistillBlock
+
+    def extra_problems(self, is_train: bool) -> list[OptionProblem]:
+        problems = []
+        names = [teacher.name for teacher in self.teachers]
+        if self.distill.target == 'aggregate':
+            if self.aggregator is None:
+                problems.append(OptionProblem(('aggregator',), "distill.target 'aggregate' needs an aggregator "
+                                              'block (the stage-1 network and its checkpoint)'))
+            else:
+                expected = self.aggregator.network.arguments().get('num_teachers')
+                if expected is not None and expected != len(self.teachers):
+                    problems.append(OptionProblem(('aggregator', 'network', 'num_teachers'), f'the aggregator takes '
+                                                  f'{expected} teachers but {len(self.teachers)} are listed'))
+        elif self.distill.teacher is None and len(self.teachers) > 1:
+            problems.append(OptionProblem(('distill', 'teacher'), f"distill.target 'teacher' with several teachers: "
+                                          f'name the one to learn from ({", ".join(names)})'))
+        if self.distill.teacher is not None and self.distill.teacher not in names:
+            problems.append(OptionProblem(('distill', 'teacher'), f"no teacher named '{self.distill.teacher}'; "
+                                          f'the teachers are {", ".join(names)}'))
+        if self.distill.output_opt is None and self.distill.feature_opt is None:
+            problems.append(OptionProblem(('distill',), 'no distillation loss: set output_opt and/or feature_opt'))
+        if self.distill.feature_opt is not None and any(t.pad_multiple for t in self.teachers):
+            problems.append(OptionProblem(('distill', 'feature_opt'), 'feature KD needs unpadded teacher features: '
+                                          'remove pad_multiple from the teachers (use a window-size multiple patch)'))
+        if is_train and self.train is not None and self.train.pixel_opt is None:
+            problems.append(OptionProblem(('train', 'pixel_opt'), 'set the L1 to the ground truth (alpha in MTKD '
+                                          'Eq. 2 is its loss_weight; 0 disables it explicitly)'))
+        return problems
+
+
+class FrozenAggregator:
+    """The stage-1 KA network, frozen three ways: ``(B, 3N, sH, sW)`` teacher outputs → ``I_MT``."""
+
+    def __init__(self, options: dict, teachers, device: torch.device, root: str | None = None,
+                 allow_random_weights: bool = False):
+        import os
+
+        self.network = build_network(dict(options['network']))
+        weights = options.get('weights')
+        if weights is not None and root is not None and not os.path.isabs(os.path.expanduser(weights)):
+            weights = os.path.join(root, weights)
+        if weights is None or not os.path.isfile(weights):
+            where = 'aggregator.weights is not set' if weights is None else f'aggregator weights {weights} not found'
+            if not allow_random_weights:
+                raise ValueError(f'{where}: give the stage-1 checkpoint (experiments/<stage1 name>/models/'
+                                 'net_g_latest.pth), trained with options/stage1_*.yml')
+            get_root_logger().warning(f'{where}; RANDOM aggregator weights (smoke test): its output means nothing.')
+            self.network = freeze_network(self.network).to(device)
+            return
+        checkpoint = read_checkpoint(weights)
+        saved = checkpoint.get('teachers') if isinstance(checkpoint, dict) else None
+        if saved is None:
+            get_root_logger().warning(f'{weights} records no teacher list: cannot check that the aggregator was '
+                                      f'trained on {teachers.names} in this order.')
+        else:
+            check_fingerprint(saved, teachers.fingerprint(), what=f'aggregator checkpoint {weights}')
+        load_weights(self.network, weights, param_key=options.get('param_key', 'auto'),
+                     strict=options.get('strict_load', True), logger=get_root_logger())
+        self.network = freeze_network(self.network).to(device)
+
+    def __call__(self, teacher_outputs: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.network(torch.cat(teacher_outputs, dim=1))
+
+
+@MODEL_REGISTRY.register()
+class DistillModel(PlainSRModel):
+    """Trains the student ``network_g`` from GT and a frozen target (``I_MT`` or one teacher's output)."""
+
+    def __init__(self, opt):
+        device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
+        self.teachers = build_teachers(opt, device)
+        distill = opt['distill']
+        self.aggregator = (FrozenAggregator(opt['aggregator'], self.teachers, device, opt.get('root_path'),
+                                            allow_random_weights=bool(opt.get('allow_random_teachers', False)))
+                           if distill['target'] == 'aggregate' else None)
+        self.target_teacher = self.teachers.names.index(distill['teacher'] or self.teachers.names[0])
+        self._target_rows_done: set[str] = set()
+        super().__init__(opt)
+
+    def init_training_settings(self):
+        distill = self.opt['distill']
+        self.cri_distill = build_loss(dict(distill['output_opt'])).to(self.device) if distill['output_opt'] else None
+        self.cri_feature = None
+        if distill.get('feature_opt'):
+            arguments = dict(distill['feature_opt'])
+            student_layers, teacher_layers = arguments.pop('student_layers'), arguments.pop('teacher_layers')
+            self.cri_feature = build_loss(arguments).to(self.device)
+            # Bad paths fail here, at start-up. clone: BasicSR archs add the skip in place after conv_after_body.
+            self.student_taps = FeatureTaps(self.net_g, student_layers, clone=True)
+            teacher = self.teachers.network(self.teachers.names[self.target_teacher])
+            self.teacher_taps = FeatureTaps(teacher, teacher_layers, detach=True, clone=True)
+        super().init_training_settings()
+
+    # ---- the frozen target --------------------------------------------------------------------------------
+    def distillation_target(self, lq: torch.Tensor, teacher_outputs: list[torch.Tensor] | None = None):
+        """``I_MT`` (aggregate) or the chosen teacher's output for an LR batch; no autograd history."""
+        outputs = teacher_outputs if teacher_outputs is not None else self.teachers.forward(lq)
+        if self.aggregator is not None:
+            return self.aggregator(outputs)
+        return outputs[self.target_teacher]
+
+    def feed_data(self, data):
+        super().feed_data(data)
+        cached = data.get('teacher_outputs')  # (B, N, 3, sH, sW) from the teacher-output cache, if used
+        self.cached_teacher_outputs = list(cached.to(self.device).unbind(1)) if cached is not None else None
+
+    # ---- optimisation -------------------------------------------------------------------------------------
+    def optimize_parameters(self, current_iter):
+        # Feature KD needs the teacher's features of this very batch: run the teachers (no cache).
+        cached = None if self.cri_feature is not None else self.cached_teacher_outputs
+        self.target = self.distillation_target(self.lq, cached)
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+        loss_dict = OrderedDict()
+        l_total = loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_distill is not None:
+            loss_dict['l_distill'] = self.cri_distill(self.output, self.target)
+            l_total = l_total + loss_dict['l_distill']
+        if self.cri_feature is not None:
+            loss_dict['l_feature'] = self.cri_feature(self.student_taps.feature_list(), self.teacher_taps.feature_list())
+            l_total = l_total + loss_dict['l_feature']
+        l_total.backward()
+        if self.cri_feature is not None:
+            self.student_taps.clear()
+            self.teacher_taps.clear()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ---- validation: the target's own score, once ---------------------------------------------------------
+    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
+        if self.opt['is_train'] and self._current_dataset in self._target_rows_done:
+            return {}
+        label = 'aggregate' if self.aggregator is not None else f'teacher_{self.teachers.names[self.target_teacher]}'
+        return {label: self.distillation_target(self.lq)}
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        self._current_dataset = dataloader.dataset.opt['name']
+        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        self._target_rows_done.add(self._current_dataset)
