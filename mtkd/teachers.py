@@ -260,6 +260,23 @@ def check_fingerprint(saved: Sequence[Mapping], current: Sequence[Mapping], what
     raise TeacherMismatchError('\n'.join(lines))
 
 
+def check_checkpoint_teachers(checkpoint_path: str, ensemble: 'TeacherEnsemble', what: str, logger=None) -> None:
+    """Refuse a checkpoint (a KA network) whose recorded teacher list differs from ``ensemble`` (order included).
+
+    A checkpoint that records no list (trained elsewhere) cannot be checked: a warning says so.
+    """
+    from mtkd.weights import read_checkpoint
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    saved = checkpoint.get('teachers') if isinstance(checkpoint, dict) else None
+    if saved is None:
+        (logger or logging.getLogger('basicsr')).warning(
+            f'{checkpoint_path} records no teacher list: cannot check that it was trained on {ensemble.names} in '
+            'this order.')
+        return
+    check_fingerprint(saved, ensemble.fingerprint(), what=f'{what} {checkpoint_path}')
+
+
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
     """``Module.train`` of a teacher: whatever is asked, the teacher stays in eval mode."""
     return nn.Module.train(module, False)
@@ -463,6 +480,15 @@ class TeacherEnsemble:
         return torch.stack(outputs, dim=0).mean(dim=0)
 
 
-__all__ = ['TeacherSpec', 'TeacherEnsemble', 'freeze_network', 'TeacherMismatchError', 'TeacherWeightsError', 'check_fingerprint',
+def ensemble_from_options(opt: Mapping, device: str | torch.device, logger: logging.Logger | None = None
+                          ) -> TeacherEnsemble:
+    """The frozen teachers of a model's option dict (``teachers``, ``scale``; weights resolved from
+    ``root_path``). ``allow_random_teachers`` is a run-time flag for smoke tests, not an option-file key."""
+    specs = teacher_specs_from_options(opt['teachers'], root=opt.get('root_path'))
+    return TeacherEnsemble(specs, scale=opt['scale'], device=device,
+                           allow_random_weights=bool(opt.get('allow_random_teachers', False)), logger=logger)
+
+
+__all__ = ['TeacherSpec', 'TeacherEnsemble', 'ensemble_from_options', 'freeze_network', 'check_checkpoint_teachers', 'TeacherMismatchError', 'TeacherWeightsError', 'check_fingerprint',
            'check_unique_names', 'canonical_network_args', 'fingerprint_specs', 'run_tiled', 'spec_fingerprint',
            'teacher_specs_from_options']

@@ -28,10 +28,9 @@ from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import (FeatureLossOptions, LossOptions, NetworkOptions, SROptions, StrictBlock,
                                 TeacherOptions, register_model_options)
 from mtkd.feature_taps import FeatureTaps
-from mtkd.models.knowledge_aggregation_model import build_teachers
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import check_fingerprint, freeze_network
-from mtkd.weights import load_weights, read_checkpoint
+from mtkd.teachers import check_checkpoint_teachers, ensemble_from_options, freeze_network
+from mtkd.weights import load_weights
 
 
 class AggregatorOptions(StrictBlock):
@@ -108,13 +107,7 @@ class FrozenAggregator:
             get_root_logger().warning(f'{where}; RANDOM aggregator weights (smoke test): its output means nothing.')
             self.network = freeze_network(self.network).to(device)
             return
-        checkpoint = read_checkpoint(weights)
-        saved = checkpoint.get('teachers') if isinstance(checkpoint, dict) else None
-        if saved is None:
-            get_root_logger().warning(f'{weights} records no teacher list: cannot check that the aggregator was '
-                                      f'trained on {teachers.names} in this order.')
-        else:
-            check_fingerprint(saved, teachers.fingerprint(), what=f'aggregator checkpoint {weights}')
+        check_checkpoint_teachers(weights, teachers, 'aggregator checkpoint', get_root_logger())
         load_weights(self.network, weights, param_key=options.get('param_key', 'auto'),
                      strict=options.get('strict_load', True), logger=get_root_logger())
         self.network = freeze_network(self.network).to(device)
@@ -130,7 +123,7 @@ class DistillModel(PlainSRModel):
 
     def __init__(self, opt):
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
-        self.teachers = build_teachers(opt, device)
+        self.teachers = ensemble_from_options(opt, device, get_root_logger())
         distill = opt['distill']
         self.aggregator = (FrozenAggregator(opt['aggregator'], self.teachers, device, opt.get('root_path'),
                                             allow_random_weights=bool(opt.get('allow_random_teachers', False)))

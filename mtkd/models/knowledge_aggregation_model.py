@@ -24,8 +24,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import SROptions, TeacherOptions, register_model_options
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import TeacherEnsemble, check_fingerprint, teacher_specs_from_options
-from mtkd.weights import read_checkpoint
+from mtkd.teachers import check_checkpoint_teachers, ensemble_from_options
 
 
 @register_model_options('KnowledgeAggregationModel')
@@ -42,21 +41,13 @@ class KnowledgeAggregationOptions(SROptions):
         return []
 
 
-def build_teachers(opt: dict, device: torch.device) -> TeacherEnsemble:
-    """The frozen teachers of an option dict (``allow_random_teachers`` is a run-time flag for smoke tests)."""
-    specs = teacher_specs_from_options(opt['teachers'], root=opt.get('root_path'))
-    return TeacherEnsemble(specs, scale=opt['scale'], device=device,
-                           allow_random_weights=bool(opt.get('allow_random_teachers', False)),
-                           logger=get_root_logger())
-
-
 @MODEL_REGISTRY.register()
 class KnowledgeAggregationModel(PlainSRModel):
     """Trains the aggregator ``network_g`` on the outputs of frozen teachers (MTKD stage 1)."""
 
     def __init__(self, opt):
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
-        self.teachers = build_teachers(opt, device)  # before SRModel loads a KA checkpoint: needed to check it
+        self.teachers = ensemble_from_options(opt, device, get_root_logger())  # before SRModel loads a KA checkpoint: needed to check it
         self._teacher_rows_done: set[str] = set()
         super().__init__(opt)
 
@@ -65,13 +56,7 @@ class KnowledgeAggregationModel(PlainSRModel):
         return {'teachers': self.teachers.fingerprint()}
 
     def load_network(self, net, load_path, strict=True, param_key='auto'):
-        checkpoint = read_checkpoint(load_path)
-        saved = checkpoint.get('teachers') if isinstance(checkpoint, dict) else None
-        if saved is None:
-            get_root_logger().warning(f'{load_path} records no teacher list: cannot check that its teachers and '
-                                      f'their order match {self.teachers.names}.')
-        else:
-            check_fingerprint(saved, self.teachers.fingerprint(), what=f'KA checkpoint {load_path}')
+        check_checkpoint_teachers(load_path, self.teachers, 'KA checkpoint', get_root_logger())
         super().load_network(net, load_path, strict, param_key)
 
     # ---- data and optimisation ------------------------------------------------------------------------------
