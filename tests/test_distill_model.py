@@ -168,19 +168,45 @@ def test_stage2_option_file_builds_and_trains_two_iterations(path, tmp_path):
     with open(path, encoding='utf-8') as handle:
         raw = yaml.safe_load(handle)
     scale = raw['scale']
+    lr_size = 32 if raw['distill'].get('dukd') else 16  # DUKD zooms out by the scale: 32 / 4 = 8, a window
     folder = tmp_path / 'images'
     folder.mkdir()
     (folder / 'x.png').write_bytes(b'')
     raw['datasets'] = {'train': {'name': 't', 'type': 'PairedImageDataset', 'dataroot_gt': str(folder),
-                                 'dataroot_lq': str(folder), 'gt_size': 16 * scale}}
+                                 'dataroot_lq': str(folder), 'gt_size': lr_size * scale}}
     raw.pop('val', None)
     plain = validate_options(raw, is_train=True, check_files=False).to_basicsr_dict()
     plain.update(dist=False, rank=0, world_size=1, is_train=True, root_path=str(tmp_path), num_gpu=0,
                  allow_random_teachers=True)
     model = DistillModel(plain)
-    gt = torch.rand(1, 3, 16 * scale, 16 * scale)
+    gt = torch.rand(1, 3, lr_size * scale, lr_size * scale)
     for step in (1, 2):
-        model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': gt})
+        model.feed_data({'lq': torch.rand(1, 3, lr_size, lr_size), 'gt': gt})
         model.optimize_parameters(step)
         assert all(torch.isfinite(torch.tensor(value)) for value in model.log_dict.values())
     assert model.output.shape == gt.shape
+
+
+@pytest.mark.parametrize('separate_step', [False, True])
+def test_dukd_terms_train_the_student_in_one_or_two_steps(tmp_path, teacher_side, separate_step):
+    """DUKD's zoom-in / zoom-out / consistency terms are logged and optimised: one Adam step on the paper's sum,
+    or the official trainer's second step on the DUKD terms; the teacher side still gets no gradient."""
+    teachers, _ = teacher_side
+    distill = {'target': 'teacher', 'teacher': 'a', 'output_opt': {'type': 'L1Loss', 'loss_weight': 1.0},
+               'dukd': {'separate_step': separate_step}}
+    model = build(options(tmp_path, teachers, distill, aggregator=False), tmp_path)
+    model.feed_data({'lq': torch.rand(2, 3, 8, 8), 'gt': torch.rand(2, 3, 16, 16)})
+    model.optimize_parameters(1)
+    assert {'l_zoom_in', 'l_zoom_out_kd', 'l_zoom_out_pix'} <= set(model.log_dict)
+    assert all(value > 0 for value in model.log_dict.values())
+    steps = {int(state['step']) for state in model.optimizer_g.state_dict()['state'].values()}
+    assert steps == ({2} if separate_step else {1})
+    assert all(p.grad is None for p in model.teachers.parameters())
+
+
+def test_dukd_zoom_out_needs_a_patch_divisible_twice(tmp_path, teacher_side):
+    teachers, _ = teacher_side
+    raw = options(tmp_path, teachers, {'target': 'teacher', 'teacher': 'a', 'dukd': {}}, aggregator=False)
+    raw['datasets']['train']['gt_size'] = 14  # LR 7: cannot be shrunk by the scale 2 once more
+    with pytest.raises(OptionError, match='gt_size must be a multiple of scale'):
+        validate_options(raw, is_train=True)

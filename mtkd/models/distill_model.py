@@ -41,6 +41,18 @@ class AggregatorOptions(StrictBlock):
     strict_load: bool = True
 
 
+class DUKDOptions(StrictBlock):
+    """DUKD's data-upcycling terms (Zhang et al., arXiv 2309.14162; see docs/dukd.md and mtkd/dukd.py)."""
+    zoom_in_weight: float = Field(default=1.0, ge=0)
+    zoom_out_kd_weight: float = Field(default=1.0, ge=0)
+    zoom_out_pixel_weight: float = Field(default=5.0, ge=0)
+    num_tiles: int = Field(default=1, ge=1, description='zoom-in tiles per image (the official files: 2 at x2)')
+    augmentation_probability: float = Field(default=0.3, ge=0, le=1)
+    augmentations: list[str] = Field(default_factory=lambda: ['invert', 'vflip', 'hflip', 'transpose'])
+    separate_step: bool = Field(default=False, description="false: one step on the paper's sum L_rec + L_kd + "
+                                "L_dukd; true: the official code's second optimizer step on the DUKD terms")
+
+
 class DistillBlock(StrictBlock):
     """What the student learns from: the target image and the distillation loss on the student's output."""
     target: Literal['aggregate', 'teacher'] = Field(
@@ -50,6 +62,8 @@ class DistillBlock(StrictBlock):
                                            'target (MTKD: WaveletDistillLoss; KD: L1Loss)')
     feature_opt: FeatureLossOptions | None = Field(default=None, description="feature KD (AT, FAKD) against the "
                                                    "teacher named in 'teacher' (the first one when unnamed)")
+    dukd: DUKDOptions | None = Field(default=None, description='DUKD zoom-in / zoom-out / label-consistency terms '
+                                     'against the same target')
 
 
 @register_model_options('DistillModel')
@@ -77,8 +91,15 @@ class DistillOptions(SROptions):
         if self.distill.teacher is not None and self.distill.teacher not in names:
             problems.append(OptionProblem(('distill', 'teacher'), f"no teacher named '{self.distill.teacher}'; "
                                           f'the teachers are {", ".join(names)}'))
-        if self.distill.output_opt is None and self.distill.feature_opt is None:
-            problems.append(OptionProblem(('distill',), 'no distillation loss: set output_opt and/or feature_opt'))
+        if self.distill.output_opt is None and self.distill.feature_opt is None and self.distill.dukd is None:
+            problems.append(OptionProblem(('distill',), 'no distillation loss: set output_opt, feature_opt or dukd'))
+        train_data = self.datasets.get('train') or {}
+        gt_size = train_data.get('gt_size')
+        dukd = self.distill.dukd
+        if dukd is not None and gt_size and (dukd.zoom_out_kd_weight or dukd.zoom_out_pixel_weight) and \
+                (gt_size // self.scale) % self.scale:
+            problems.append(OptionProblem(('datasets', 'train', 'gt_size'), f'DUKD zoom-out shrinks the LR patch by '
+                                          f'{self.scale}: gt_size must be a multiple of scale² = {self.scale ** 2}'))
         if self.distill.feature_opt is not None and any(t.pad_multiple for t in self.teachers):
             problems.append(OptionProblem(('distill', 'feature_opt'), 'feature KD needs unpadded teacher features: '
                                           'remove pad_multiple from the teachers (use a window-size multiple patch)'))
@@ -144,6 +165,14 @@ class DistillModel(PlainSRModel):
             self.student_taps = FeatureTaps(self.net_g, student_layers, clone=True)
             teacher = self.teachers.network(self.teachers.names[self.target_teacher])
             self.teacher_taps = FeatureTaps(teacher, teacher_layers, detach=True, clone=True)
+        self.dukd = None
+        if distill.get('dukd'):
+            from mtkd.dukd import DUKDLoss
+
+            arguments = dict(distill['dukd'])
+            self.dukd_separate_step = arguments.pop('separate_step')
+            self.dukd = DUKDLoss(**arguments)
+            self.dukd_generator = torch.Generator().manual_seed(int(self.opt.get('manual_seed') or 0))
         super().init_training_settings()
 
     # ---- the frozen target --------------------------------------------------------------------------------
@@ -174,14 +203,27 @@ class DistillModel(PlainSRModel):
         if self.cri_feature is not None:
             loss_dict['l_feature'] = self.cri_feature(self.student_taps.feature_list(), self.teacher_taps.feature_list())
             l_total = l_total + loss_dict['l_feature']
+        if self.dukd is not None and not self.dukd_separate_step:  # after the feature term: DUKD reruns the taps
+            l_total = l_total + self._dukd_terms(loss_dict)
         l_total.backward()
         if self.cri_feature is not None:
             self.student_taps.clear()
             self.teacher_taps.clear()
         self.optimizer_g.step()
+        if self.dukd is not None and self.dukd_separate_step:
+            # The official DUKD trainer: a second step on the DUKD terms, without zero_grad in between.
+            self._dukd_terms(loss_dict).backward()
+            self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _dukd_terms(self, loss_dict: OrderedDict) -> torch.Tensor:
+        """DUKD's terms on upcycled inputs (zoom-in tiles of GT, zoomed-out LR), against the same frozen target."""
+        terms = self.dukd(self.net_g, self.distillation_target, self.lq, self.gt, self.opt['scale'],
+                          self.dukd_generator)
+        loss_dict.update(terms)
+        return sum(terms.values())
 
     # ---- validation: the target's own score, once ---------------------------------------------------------
     def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
