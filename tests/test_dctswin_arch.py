@@ -120,7 +120,7 @@ def test_dct_is_really_used():
 @pytest.mark.parametrize('block_type', BLOCK_TYPES)
 def test_every_parameter_gets_a_gradient(block_type):
     torch.manual_seed(0)
-    network = _tiny(block_type=block_type, global_residual=block_type == 'mixer')
+    network = _tiny(block_type=block_type)  # global_residual starts its last conv at zero: tested below
     network(torch.rand(2, 6, 16, 24)).abs().mean().backward()
     for name, parameter in network.named_parameters():
         assert parameter.grad is not None, name
@@ -215,3 +215,22 @@ def test_bad_arguments_and_inputs_raise_clear_errors():
         network(torch.rand(1, 9, 50, 52))
     with pytest.raises(ValueError, match='set num_teachers'):
         network(torch.rand(1, 6, 32, 32))
+
+
+def test_global_residual_starts_exactly_at_the_teacher_average():
+    """With global_residual the upsampler conv starts at zero: the untrained output is the teacher mean."""
+    import mtkd.archs.dctswin_arch as dctswin
+
+    torch.manual_seed(0)
+    network = dctswin.DCTSwin(num_teachers=3, num_feat=8, num_block=1, num_layer=2, window_size=4, num_heads=2,
+                              upscale=2, global_residual=True)
+    teachers = torch.rand(1, 9, 16, 16)
+    expected = teachers.view(1, 3, 3, 16, 16).mean(dim=1)
+    assert torch.allclose(network(teachers), expected, atol=1e-6)
+    loss = (network(teachers) - torch.rand(1, 3, 16, 16)).abs().mean()
+    loss.backward()
+    assert network.upsampler[0].weight.grad.abs().sum() > 0  # the zero conv learns first, the rest follows
+    torch.optim.SGD(network.parameters(), lr=0.1).step()
+    network.zero_grad()
+    (network(teachers) - torch.rand(1, 3, 16, 16)).abs().mean().backward()
+    assert all(parameter.grad.abs().sum() > 0 for parameter in network.parameters())

@@ -288,7 +288,9 @@ class DCTSwin(nn.Module):
         block_conv: 3x3 conv + block residual at the end of each block (SwinIR's RSTB); the paper leaves it open.
         block_type: one of :data:`BLOCK_TYPES` (``'dctswin'`` is the paper's network; the others its ablations).
         global_residual: beyond the paper: add the mean of the N teacher outputs to the output, so the network
-            learns a correction to the ensemble average. Default ``False`` (the paper).
+            learns a correction to the ensemble average. Default ``False`` (the paper). With it, the upsampler's
+            conv starts at zero, so training starts exactly at the teacher average (ReZero-style) instead of at
+            the average plus a random image.
 
     Upsampler: one 3x3 conv ``C → num_out_ch * s**2`` and PixelShuffle(s), SwinIR's light "pixelshuffledirect",
     the one sized for C = 24 (the official YAML's heavier "pixelshuffle" head goes through 64 channels).
@@ -332,6 +334,9 @@ class DCTSwin(nn.Module):
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.upsampler = nn.Sequential(nn.Conv2d(num_feat, num_out_ch * upscale ** 2, 3, 1, 1),
                                        nn.PixelShuffle(upscale))
+        if self.global_residual:
+            nn.init.zeros_(self.upsampler[0].weight)
+            nn.init.zeros_(self.upsampler[0].bias)
 
     def _check_input(self, teacher_outputs: torch.Tensor) -> None:
         if teacher_outputs.dim() != 4 or teacher_outputs.shape[1] != self.num_in_ch:

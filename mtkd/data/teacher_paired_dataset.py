@@ -10,22 +10,19 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils import data
-from torchvision.transforms.functional import normalize
 
-from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, get_root_logger, imfrombytes, img2tensor
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import DATASET_REGISTRY
 
-from mtkd.config.schema import PairedImageDatasetOptions, register_dataset_options
-from mtkd.data.pairing import match_gt_to_lq
+from mtkd.config.schema import register_dataset_options
+from mtkd.data.checked_paired_dataset import CheckedPairedImageDataset, CheckedPairedImageDatasetOptions
 from mtkd.teacher_cache import (BUILD_COMMAND, DEFAULT_CACHE_ROOT, TeacherCacheError, TeacherOutputCache,
-                                dataset_key, image_stem, paired_lq_paths)
+                                dataset_key, image_stem)
 from mtkd.teachers import check_fingerprint
 
 
 @register_dataset_options('TeacherPairedImageDataset')
-class TeacherPairedImageDatasetOptions(PairedImageDatasetOptions):
+class TeacherPairedImageDatasetOptions(CheckedPairedImageDatasetOptions):
     """``TeacherPairedImageDataset``: BasicSR's paired-folder options plus where the teacher outputs are."""
     teacher_cache_dir: str | None = Field(
         default=None, description='folder of a built teacher-output cache (<teacher_cache_root>/<key>, printed by '
@@ -35,9 +32,6 @@ class TeacherPairedImageDatasetOptions(PairedImageDatasetOptions):
                                     description='where scripts/build_teacher_cache.py puts caches')
     teacher_names: list[str] | None = Field(
         default=None, description="the teachers' names in order; the cache's manifest must list the same")
-    skip_images_smaller_than_patch: bool = Field(
-        default=False, description='training: leave out (and log) images whose HR is smaller than gt_size '
-        'instead of stopping with an error (the 291-image set has 7 such images at gt_size 128, x4)')
     teachers: list[dict[str, Any]] | None = Field(
         default=None, description='filled by mtkd from the teachers: list: with it, a missing cache is built at '
         'start (rank 0 builds, other ranks wait)')
@@ -99,13 +93,13 @@ def open_teacher_cache(opt: dict, lq_paths: list[str]) -> TeacherOutputCache:
 
 
 @DATASET_REGISTRY.register()
-class TeacherPairedImageDataset(data.Dataset):
-    """BasicSR's paired GT/LQ dataset that also returns every teacher's output, cropped like GT.
+class TeacherPairedImageDataset(CheckedPairedImageDataset):
+    """Paired GT/LQ images that also return every teacher's output, cropped and flipped like GT.
 
-    Options: those of BasicSR's ``PairedImageDataset`` (``dataroot_gt``, ``dataroot_lq``, ``filename_tmpl``,
-    ``meta_info_file``, ``gt_size``, ``use_hflip``, ``use_rot``, ``phase``, ``scale``, ``mean``/``std``;
-    disk backend, RGB only) plus ``teacher_cache_dir`` / ``teacher_cache_root`` / ``teacher_fingerprints``
-    (which cache, see :func:`open_teacher_cache`) and ``teacher_names`` (checked against the cache).
+    Options: those of :class:`CheckedPairedImageDataset` (BasicSR's ``PairedImageDataset`` vocabulary, disk
+    backend, RGB) plus ``teacher_cache_dir`` / ``teacher_cache_root`` / ``teacher_fingerprints`` (which cache,
+    see :func:`open_teacher_cache`), ``teacher_names`` (checked against the cache) and ``teachers`` (filled by
+    mtkd: a missing cache is built at start).
 
     Returns ``{'lq': (3, h, w), 'gt': (3, H, W), 'lq_path', 'gt_path', 'teacher_outputs': (N, 3, H, W)}``,
     float32 RGB; ``lq`` and ``gt`` in [0, 1], teacher outputs nominally [0, 1] (float16-stored, unclamped).
@@ -114,25 +108,12 @@ class TeacherPairedImageDataset(data.Dataset):
     arrays are memory-mapped, so only the crop is read. Other phases: whole images, GT cut to LQ × scale.
     """
 
-    def __init__(self, opt: dict):
-        super().__init__()
-        self.opt = opt
-        backend = dict(opt.get('io_backend') or {'type': 'disk'})
-        if backend.get('type', 'disk') != 'disk':
-            raise ValueError("TeacherPairedImageDataset reads image folders: io_backend type must be 'disk' "
-                             f"(got {backend.get('type')!r}); the teacher outputs are cached separately")
-        if opt.get('color') == 'y':
-            raise ValueError("TeacherPairedImageDataset: color 'y' is not supported (teacher outputs are RGB); "
-                             'remove color: y')
-        self.io_backend_opt = backend
-        self.file_client = None
-        self.scale = opt['scale']
-        self.mean, self.std = opt.get('mean'), opt.get('std')
-        self.paths = paired_lq_paths(opt['dataroot_gt'], opt['dataroot_lq'], opt.get('filename_tmpl', '{}'),
-                                     opt.get('meta_info_file'))
-        self.stems = [image_stem(pair['lq_path']) for pair in self.paths]
-        build_missing_teacher_cache(opt, [pair['lq_path'] for pair in self.paths])
-        self.cache = open_teacher_cache(opt, [pair['lq_path'] for pair in self.paths])
+    def setup(self) -> None:
+        """Build the teacher-output cache if missing, open it, and check it covers every image."""
+        opt = self.opt
+        lq_paths = [pair['lq_path'] for pair in self.paths]
+        build_missing_teacher_cache(opt, lq_paths)
+        self.cache = open_teacher_cache(opt, lq_paths)
         self.teacher_names = self.cache.teacher_names
         wanted = opt.get('teacher_names')
         if wanted is not None and list(wanted) != self.teacher_names:
@@ -145,25 +126,13 @@ class TeacherPairedImageDataset(data.Dataset):
             more = f' and {len(missing) - 5} more' if len(missing) > 5 else ''
             raise TeacherCacheError(f'the teacher-output cache {self.cache.path} lacks {shown}{more}; finish it with '
                                     f'`{BUILD_COMMAND}`')
-        if opt['phase'] == 'train' and opt.get('skip_images_smaller_than_patch'):
-            self._drop_images_smaller_than(opt['gt_size'])
 
-    def _drop_images_smaller_than(self, gt_size: int) -> None:
-        """Leave out training images whose (cropped) HR is smaller than the patch, and log their names."""
-        first_teacher = self.teacher_names[0]
-        keep = [index for index, stem in enumerate(self.stems)
-                if min(self.cache.open_array(first_teacher, stem).shape[:2]) >= gt_size]
-        dropped = [self.stems[index] for index in range(len(self.stems)) if index not in set(keep)]
-        if dropped:
-            get_root_logger().warning(f"dataset '{self.opt.get('name')}': {len(dropped)} image(s) smaller than "
-                                      f'gt_size {gt_size} left out (skip_images_smaller_than_patch): {dropped}')
-        self.paths = [self.paths[index] for index in keep]
-        self.stems = [self.stems[index] for index in keep]
+    def lq_size(self, index: int) -> tuple[int, int]:
+        """From the memory-mapped cached output (no image decoding): ``(sH, sW) / scale``."""
+        height, width = self.cache.open_array(self.teacher_names[0], self.stems[index]).shape[:2]
+        return height // self.scale, width // self.scale
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _teacher_arrays(self, index: int, lq_shape: tuple[int, ...]) -> list[np.ndarray]:
+    def extra_arrays(self, index: int, lq_shape: tuple[int, ...]) -> list[np.ndarray]:
         stem = self.stems[index]
         expected = (lq_shape[0] * self.scale, lq_shape[1] * self.scale, 3)
         arrays = [self.cache.open_array(name, stem) for name in self.teacher_names]
@@ -173,40 +142,10 @@ class TeacherPairedImageDataset(data.Dataset):
                                         f'{expected} (LQ × {self.scale}): the cache does not belong to this data')
         return arrays
 
-    def __getitem__(self, index: int) -> dict:
-        if self.file_client is None:
-            options = dict(self.io_backend_opt)
-            self.file_client = FileClient(options.pop('type', 'disk'), **options)
-        gt_path, lq_path = self.paths[index]['gt_path'], self.paths[index]['lq_path']
-        # HWC, BGR, float32 in [0, 1], as BasicSR's PairedImageDataset reads them.
-        image_gt = imfrombytes(self.file_client.get(gt_path, 'gt'), float32=True)
-        image_lq = imfrombytes(self.file_client.get(lq_path, 'lq'), float32=True)
-        teacher_arrays = self._teacher_arrays(index, image_lq.shape)
-        image_gt = match_gt_to_lq(image_gt, image_lq, self.scale, gt_path, lq_path)
-
-        if self.opt['phase'] == 'train':
-            # One list: the teacher outputs get GT's crop window and flips (memory maps: only the crop is read).
-            cropped_gts, image_lq = paired_random_crop([image_gt] + teacher_arrays, image_lq, self.opt['gt_size'],
-                                                       self.scale, gt_path)
-            image_gt = cropped_gts[0]
-            teachers = [np.array(crop, dtype=np.float32) for crop in cropped_gts[1:]]
-            augmented = augment([image_gt, image_lq] + teachers, self.opt.get('use_hflip', True),
-                                self.opt.get('use_rot', True))
-            image_gt, image_lq, teachers = augmented[0], augmented[1], augmented[2:]
-        else:
-            teachers = [np.array(array, dtype=np.float32) for array in teacher_arrays]
-
-        tensor_gt, tensor_lq = img2tensor([image_gt, image_lq], bgr2rgb=True, float32=True)
+    def extra_outputs(self, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
         # Cached outputs are already RGB.
-        teacher_outputs = torch.stack([torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-                                       for array in teachers])
-        if self.mean is not None or self.std is not None:
-            normalize(tensor_lq, self.mean, self.std, inplace=True)
-            normalize(tensor_gt, self.mean, self.std, inplace=True)
-            for output in teacher_outputs:
-                normalize(output, self.mean, self.std, inplace=True)
-        return {'lq': tensor_lq, 'gt': tensor_gt, 'lq_path': lq_path, 'gt_path': gt_path,
-                'teacher_outputs': teacher_outputs}
+        return {'teacher_outputs': torch.stack([torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+                                                for array in arrays])}
 
 
 __all__ = ['TeacherPairedImageDataset', 'TeacherPairedImageDatasetOptions', 'open_teacher_cache']
