@@ -168,7 +168,7 @@ def test_stage2_option_file_builds_and_trains_two_iterations(path, tmp_path):
     with open(path, encoding='utf-8') as handle:
         raw = yaml.safe_load(handle)
     scale = raw['scale']
-    lr_size = 32 if raw['distill'].get('dukd') else 16  # DUKD zooms out by the scale: 32 / 4 = 8, a window
+    lr_size = 32 if (raw.get('distill') or {}).get('dukd') else 16  # DUKD zooms out by the scale: 32 / 4 = 8
     folder = tmp_path / 'images'
     folder.mkdir()
     (folder / 'x.png').write_bytes(b'')
@@ -178,7 +178,9 @@ def test_stage2_option_file_builds_and_trains_two_iterations(path, tmp_path):
     plain = validate_options(raw, is_train=True, check_files=False).to_basicsr_dict()
     plain.update(dist=False, rank=0, world_size=1, is_train=True, root_path=str(tmp_path), num_gpu=0,
                  allow_random_teachers=True)
-    model = DistillModel(plain)
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    model = MODEL_REGISTRY.get(raw['model_type'])(plain)  # DistillModel, or PlainSRModel for the student alone
     gt = torch.rand(1, 3, lr_size * scale, lr_size * scale)
     for step in (1, 2):
         model.feed_data({'lq': torch.rand(1, 3, lr_size, lr_size), 'gt': gt})
