@@ -234,3 +234,19 @@ def test_global_residual_starts_exactly_at_the_teacher_average():
     network.zero_grad()
     (network(teachers) - torch.rand(1, 3, 16, 16)).abs().mean().backward()
     assert all(parameter.grad.abs().sum() > 0 for parameter in network.parameters())
+
+
+def test_cpu_attention_matches_sdpa_values_and_gradients():
+    from mtkd.archs.dctswin_arch import _attention
+    generator = torch.Generator().manual_seed(3)
+    query, key, value = (torch.randn(5, 2, 16, 4, generator=generator, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 2, 16, 16, generator=generator)
+    bias[..., :3] = float('-inf')  # masked keys, as the swin padding mask
+    bias.requires_grad_(True)
+    ours = _attention(query, key, value, bias)
+    reference = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (query, bias))
+    reference_grads = torch.autograd.grad(reference.square().sum(), (query, bias))
+    for got, want in zip(grads, reference_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -75,7 +75,7 @@ def test_valid_file_gets_defaults_and_is_not_mutated(tmp_path):
     (lambda o: o['datasets']['train'].update(gt_size=33), 'datasets.train.gt_size: gt_size 33 is not a multiple of scale 2'),
     (lambda o: o['datasets'].update(vall={'name': 'x'}), "datasets.vall: dataset key 'vall' must be 'train', 'val', 'val_<n>', 'test' or 'test_<n>'"),
     (lambda o: o['train']['scheduler'].update(type='StepLR'), "train.scheduler.type: unsupported scheduler 'StepLR'; choose one of MultiStepLR, MultiStepRestartLR, CosineAnnealingRestartLR"),
-    (lambda o: o['train'].pop('pixel_opt'), 'train: no loss: set pixel_opt and/or perceptual_opt'),
+    (lambda o: o['train'].pop('pixel_opt'), 'train: no loss: set pixel_opt, perceptual_opt and/or edge_opt'),
     (lambda o: o.pop('train'), 'train: training needs a train block (optim_g, scheduler, total_iter)'),
     (lambda o: o['path'] if 'path' in o else o.update(path={'key_format_g': 'edsr'}), "path.key_format_g: unknown key format 'edsr'"),
 ])

@@ -134,6 +134,8 @@ class TrainOptions(StrictBlock):
     warmup_iter: int = -1
     pixel_opt: LossOptions | None = None
     perceptual_opt: LossOptions | None = None
+    edge_opt: LossOptions | None = Field(default=None, description='edge loss between output and GT '
+                                         '(EdgeLoss; EdgeSRN and the DTKD perceptual students)')
 
 
 class ValOptions(StrictBlock):

@@ -312,6 +312,12 @@ def file_problems(options: SROptions, datasets: Mapping[str, DatasetOptions], ro
     state = options.path.resume_state
     if state is not None and not os.path.isfile(resolve(state)):
         problems.append(OptionProblem(('path', 'resume_state'), f'training state {state} not found'))
+    for location, block in _iter_callable_blocks(options):
+        vgg_weights = block.arguments().get('vgg_weights')
+        if isinstance(vgg_weights, str) and not os.path.isfile(resolve(vgg_weights)):
+            problems.append(OptionProblem(location + ('vgg_weights',), f'VGG weights {vgg_weights} not found; they '
+                                          'cannot be downloaded here: fetch torchvision\'s vgg19-dcbd5c4.pth on a '
+                                          'machine with internet and copy it there, or remove this loss block'))
     return problems
 
 
@@ -355,8 +361,8 @@ def semantic_problems(options: SROptions, is_train: bool) -> list[OptionProblem]
     if is_train and options.train is None:
         problems.append(OptionProblem(('train',), 'training needs a train block (optim_g, scheduler, total_iter)'))
     if (is_train and type(options.train) is TrainOptions and options.train.pixel_opt is None
-            and options.train.perceptual_opt is None):
-        problems.append(OptionProblem(('train',), 'no loss: set pixel_opt and/or perceptual_opt'))
+            and options.train.perceptual_opt is None and options.train.edge_opt is None):
+        problems.append(OptionProblem(('train',), 'no loss: set pixel_opt, perceptual_opt and/or edge_opt'))
     if not is_train and options.val is None:
         problems.append(OptionProblem(('val',), 'testing needs a val block (metrics, save_img)'))
     return problems

@@ -196,7 +196,7 @@ class DistillModel(PlainSRModel):
         self.optimizer_g.zero_grad()
         self.output = self.net_g(self.lq)
         loss_dict = OrderedDict()
-        l_total = loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+        l_total = self.image_losses(self.output, self.gt, loss_dict)
         if self.cri_distill is not None:
             loss_dict['l_distill'] = self.cri_distill(self.output, self.target)
             l_total = l_total + loss_dict['l_distill']

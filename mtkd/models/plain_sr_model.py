@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
@@ -83,6 +84,41 @@ class PlainSRModel(SRModel):
                  'optimizers': [optimizer.state_dict() for optimizer in self.optimizers],
                  'schedulers': [scheduler.state_dict() for scheduler in self.schedulers]}
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    # ---- losses: BasicSR's pixel/perceptual terms plus an optional edge term -----------------------------
+    def init_training_settings(self):
+        edge_options = self.opt['train'].get('edge_opt')
+        self.cri_edge = build_loss(dict(edge_options)).to(self.device) if edge_options else None
+        if self.cri_edge is not None and not (self.opt['train'].get('pixel_opt') or
+                                              self.opt['train'].get('perceptual_opt')):
+            # SRModel refuses to start without pixel or perceptual loss; an edge-only run is legitimate.
+            raise ValueError('edge_opt alone is not supported: add pixel_opt (loss_weight 0 disables it)')
+        super().init_training_settings()
+
+    def image_losses(self, output: torch.Tensor, gt: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor:
+        """Sum of the terms against the ground truth (pixel, perceptual, style, edge), recorded in ``loss_dict``."""
+        total = output.new_zeros(())
+        if self.cri_pix is not None:
+            total = total + loss_dict.setdefault('l_pix', self.cri_pix(output, gt))
+        if self.cri_perceptual is not None:
+            l_percep, l_style = self.cri_perceptual(output, gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+                    total = total + value
+        if self.cri_edge is not None:
+            total = total + loss_dict.setdefault('l_edge', self.cri_edge(output, gt))
+        return total
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+        loss_dict = OrderedDict()
+        self.image_losses(self.output, self.gt, loss_dict).backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
 
     # ---- optimisation (options are read, never popped) -------------------------------------------------
     def get_optimizer(self, optim_type, params, lr, **kwargs):

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Teacher report (DTKD, Li et al., KBS 2025: good teachers give reliable textures, not false ones): PSNR/SSIM,
+NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown table.
+
+    python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --sets Set5 Set14 BSD100 --scale 4
+    python scripts/teacher_report.py --opt options/test_imdn_x4.yml --sets Set5 --no-niqe --json report.json
+
+``--opt``: an option file with a ``teachers:`` list (name, network, weights), or a test option file
+(``network_g`` + ``path.pretrain_network_g``). Relative weights and set names are taken from the repository root
+(``datasets/<set>``; a value with a ``/`` is used as a path). docs/teacher_report.md explains the numbers.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+sys.path.insert(0, REPO_ROOT)
+
+import torch  # noqa: E402
+
+import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
+from mtkd.config.cli import load_option_file  # noqa: E402
+from mtkd.config.errors import OptionError  # noqa: E402
+from mtkd.teacher_report import (FLAT_THRESHOLD, networks_from_option_file, report_markdown,  # noqa: E402
+                                 report_teachers)
+from mtkd.teachers import TeacherWeightsError  # noqa: E402
+from mtkd.weights import WeightLoadError  # noqa: E402
+
+
+def build_argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--opt', required=True, help='option file: teachers: or network_g + path.pretrain_network_g')
+    parser.add_argument('--sets', nargs='+', default=['Set5', 'Set14', 'BSD100'],
+                        help='benchmark sets under datasets/ (or paths), default Set5 Set14 BSD100')
+    parser.add_argument('--scale', type=int, default=None, help="upscaling factor (default: the option file's scale)")
+    parser.add_argument('--no-niqe', action='store_true', help='skip NIQE (the slowest measure)')
+    parser.add_argument('--flat-threshold', type=float, default=FLAT_THRESHOLD,
+                        help=f'false texture: GT high-frequency energy below which a pixel is flat, grey levels '
+                             f'(default {FLAT_THRESHOLD})')
+    parser.add_argument('--tile-size', type=int, default=None, help='run teachers on LR tiles of this size')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--json', default=None, help='also write the rows (with per-image values) to this JSON file')
+    return parser
+
+
+def resolve_set(name: str) -> str:
+    """``datasets/<name>`` under the repository root for a bare name; a value with a path separator as is."""
+    return name if os.sep in name or '/' in name else os.path.join(REPO_ROOT, 'datasets', name)
+
+
+def main(argv=None) -> int:
+    args = build_argument_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
+    logger = logging.getLogger('mtkd')
+    try:
+        options = load_option_file(args.opt)
+        scale = args.scale if args.scale is not None else options.get('scale')
+        if not isinstance(scale, int):
+            raise ValueError(f'{args.opt} has no scale: pass --scale')
+        if options.get('scale') not in (None, scale):
+            raise ValueError(f"--scale {scale} but {args.opt} is for x{options['scale']}: use its scale or an option "
+                             f'file for x{scale}')
+        networks = networks_from_option_file(options, scale, root=REPO_ROOT, device=args.device, logger=logger)
+        rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
+                               tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger)
+    except (TeacherWeightsError, WeightLoadError, OptionError, FileNotFoundError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    print(report_markdown(rows))
+    if args.json:
+        content = {'option_file': args.opt, 'scale': scale, 'flat_threshold': args.flat_threshold,
+                   'rows': [dataclasses.asdict(row) for row in rows]}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w', encoding='utf-8') as handle:
+            json.dump(content, handle, indent=2, allow_nan=True)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""DualTeacherModel (DTKD): frozen teachers, routing of each term to the right teacher, gradients from every
+term, option checks, and every shipped DTKD option file builds and trains two iterations."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from basicsr.archs import build_network
+
+from mtkd.config import OptionError, validate_options
+from mtkd.losses.dtkd_loss import reliability_mask
+from mtkd.models.dual_teacher_model import DualTeacherModel
+from mtkd.models.plain_sr_model import PlainSRModel
+
+from conftest import REPO_ROOT
+from test_knowledge_aggregation_model import runtime, tiny_pairs  # noqa: F401  (fixture)
+
+SCALE = 2
+STUDENT = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 6, 'num_block': 1, 'upscale': SCALE}
+FIDELITY = {'name': 'fid', 'network': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 4,
+                                       'num_block': 1, 'upscale': SCALE}}
+PERCEPTUAL = {'name': 'edge', 'network': {'type': 'EdgeSRN', 'num_feat': 4, 'num_block': 1, 'num_grow_ch': 2,
+                                          'upscale': SCALE}}
+
+
+@pytest.fixture
+def teachers(tmp_path):
+    entries = []
+    for entry in (FIDELITY, PERCEPTUAL):
+        path = tmp_path / f"{entry['name']}.pth"
+        torch.save(build_network(dict(entry['network'])).state_dict(), path)
+        entries.append(dict(entry, weights=str(path)))
+    return entries
+
+
+def dtkd_options(tiny_pairs, teachers, **dtkd):  # noqa: F811
+    hr_dir, lr_dir = tiny_pairs
+    paired = {'type': 'PairedImageDataset', 'dataroot_gt': str(hr_dir), 'dataroot_lq': str(lr_dir)}
+    block = {'fidelity_teacher': 'fid', 'perceptual_teacher': 'edge',
+             'routing': {'mode': 'hard', 'threshold': 4.0},
+             'distill_opt': {'type': 'RoutedL1Loss', 'loss_weight': 1.0},
+             'reliability_opt': {'type': 'ReliabilityAttentionLoss', 'loss_weight': 1.0, 'mode': 'soft',
+                                 'temperature': 0.05},
+             'discrepancy_opt': {'type': 'DiscrepancyAttentionLoss', 'loss_weight': 1.0}}
+    block.update(dtkd)
+    return {'name': 'dtkd_unit', 'model_type': 'DualTeacherModel', 'scale': SCALE, 'manual_seed': 0,
+            'teachers': teachers, 'dtkd': block, 'network_g': STUDENT,
+            'datasets': {'train': dict(paired, name='toy', gt_size=16, batch_size_per_gpu=2),
+                         'val': dict(paired, name='toyval')},
+            'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [9]},
+                      'total_iter': 2, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+            'val': {'val_freq': 1, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE,
+                                                        'test_y_channel': True}}}}
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.cat([torch.full((1, 3, 16, 16), 0.4), torch.rand(1, 3, 16, 16, generator=generator)])
+    return {'lq': torch.rand(2, 3, 8, 8, generator=generator), 'gt': gt}  # image 0 flat, image 1 textured
+
+
+def test_terms_are_routed_to_the_right_teacher_with_known_values(tmp_path, tiny_pairs, teachers):  # noqa: F811
+    model = DualTeacherModel(runtime(dtkd_options(tiny_pairs, teachers, perceptual_weight=3.0), tmp_path))
+    batch = _batch()
+    model.feed_data(batch)
+    fidelity, perceptual = model.teachers.forward(batch['lq'])
+    output = model.net_g(batch['lq']).detach()
+    losses = {}
+    model.distillation_terms(output, [fidelity, perceptual], batch['gt'], losses)
+    # Hard routing at 4 bits: the flat image learns from the fidelity teacher only, the textured one from EdgeSRN.
+    torch.testing.assert_close(losses['perceptual_share'], torch.tensor(0.5))
+    expected_fidelity = (output[0] - fidelity[0]).abs().sum() / output.numel()
+    expected_perceptual = 3.0 * (output[1] - perceptual[1]).abs().sum() / output.numel()
+    torch.testing.assert_close(losses['l_kd_fidelity'], expected_fidelity)
+    torch.testing.assert_close(losses['l_kd_perceptual'], expected_perceptual)
+    mask = reliability_mask(output, perceptual, batch['gt'], mode='soft', temperature=0.05)
+    expected = 3.0 * (mask[1] * (output[1] - perceptual[1]).abs()).sum() / output.numel()
+    torch.testing.assert_close(losses['l_reliability_perceptual'], expected)
+
+
+def test_every_term_reaches_the_student_and_nothing_reaches_the_teachers(tmp_path, tiny_pairs, teachers):  # noqa: F811
+    model = DualTeacherModel(runtime(dtkd_options(tiny_pairs, teachers, routing={'mode': 'soft', 'threshold': 4.0}),
+                                     tmp_path))
+    model.feed_data(_batch())
+    model.optimize_parameters(1)
+    frozen = list(model.teachers.parameters())
+    assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
+    assert not {id(p) for group in model.optimizer_g.param_groups for p in group['params']} & {id(p) for p in frozen}
+    assert set(model.log_dict) >= {'l_pix', 'l_kd_fidelity', 'l_reliability_perceptual', 'l_discrepancy_fidelity'}
+    batch = _batch()
+    teacher_outputs = model.teachers.forward(batch['lq'])
+    share = model.router(batch['gt'])
+    for label, criterion in model.distill_terms:
+        for target, weight in ((teacher_outputs[0], 1 - share), (teacher_outputs[1], share)):
+            model.net_g.zero_grad()
+            criterion(model.net_g(batch['lq']), target, batch['gt'], weight).backward()
+            for name, parameter in model.net_g.named_parameters():
+                assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (label, name)
+
+
+def test_validation_scores_both_teachers_once(tmp_path, tiny_pairs, teachers):  # noqa: F811
+    from basicsr.data import build_dataloader, build_dataset
+
+    options = runtime(dtkd_options(tiny_pairs, teachers), tmp_path)
+    model = DualTeacherModel(options)
+    loader = build_dataloader(build_dataset(options['datasets']['val']), options['datasets']['val'],
+                              num_gpu=0, dist=False)
+    model.validation(loader, 1, None, False)
+    assert set(model.image_metric_results) == {'result', 'teacher_fid', 'teacher_edge'}
+    model.validation(loader, 2, None, False)
+    assert set(model.image_metric_results) == {'result'}
+
+
+@pytest.mark.parametrize('change, expected', [
+    ({'fidelity_teacher': 'imdn'}, "dtkd.fidelity_teacher: no teacher named 'imdn'"),
+    ({'perceptual_teacher': 'fid'}, 'dtkd.perceptual_teacher: the fidelity and the perceptual teacher must be'),
+    ({'distill_opt': None, 'reliability_opt': None, 'discrepancy_opt': None}, 'dtkd: no distillation term'),
+    ({'routing': {'window_size': 5}}, 'dtkd.routing.window_size: the GT patch (16) must be a multiple'),
+    ({'routing': {'mode': 'always'}}, 'dtkd.routing.mode'),
+    ({'reliability_opt': {'type': 'ReliabilityAttentionLoss', 'mod': 'hard'}},
+     "dtkd.reliability_opt.mod: loss 'ReliabilityAttentionLoss' does not take 'mod'; did you mean 'mode'?"),
+])
+def test_dtkd_options_are_checked(tiny_pairs, teachers, change, expected):  # noqa: F811
+    with pytest.raises(OptionError) as caught:
+        validate_options(dtkd_options(tiny_pairs, teachers, **change), is_train=True)
+    assert any(str(problem).startswith(expected) for problem in caught.value.problems), caught.value.problems
+
+
+DTKD_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', 'dtkd_*.yml')))
+
+
+def _load(path):
+    with open(path, encoding='utf-8') as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.mark.parametrize('path', DTKD_FILES, ids=[os.path.basename(p) for p in DTKD_FILES])
+def test_dtkd_option_file_builds_and_trains_two_iterations(path, tmp_path, tiny_pairs):  # noqa: F811
+    """Each shipped DTKD training file (networks as written, random weights where files are missing; the VGG
+    loss on a random VGG cut after conv1_2) runs two optimisation steps on a tiny crop."""
+    options = _load(path)
+    hr_dir, lr_dir = tiny_pairs
+    options['datasets'] = {'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': str(hr_dir),
+                                     'dataroot_lq': str(lr_dir), 'gt_size': 64, 'batch_size_per_gpu': 1}}
+    options.pop('val', None)
+    perceptual = options['train'].get('perceptual_opt')
+    if perceptual:
+        from mtkd.losses.vgg_perceptual_loss import build_vgg_features
+
+        features = build_vgg_features('vgg19', 'conv1_2')
+        torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, tmp_path / 'vgg.pth')
+        perceptual.update(vgg_weights=str(tmp_path / 'vgg.pth'), layer_weights={'conv1_2': 1.0})
+    plain = runtime(options, tmp_path)
+    model = (DualTeacherModel if options['model_type'] == 'DualTeacherModel' else PlainSRModel)(plain)
+    gt = torch.rand(1, 3, 64, 64)
+    for step in (1, 2):
+        model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': gt})
+        model.optimize_parameters(step)
+        assert all(np.isfinite(value) for value in model.log_dict.values())
+    assert model.output.shape == gt.shape
+    if perceptual:
+        assert 'l_percep' in model.log_dict and 'l_edge' in model.log_dict
+
+
+def test_vgg_file_missing_is_refused_at_validation():
+    options = _load(os.path.join(REPO_ROOT, 'options', 'dtkd_edgesrn_vgg_x4.yml'))
+    with pytest.raises(OptionError) as caught:
+        validate_options(options, is_train=True, root=REPO_ROOT)
+    messages = [str(problem) for problem in caught.value.problems]
+    assert any(message.startswith('train.perceptual_opt.vgg_weights: VGG weights pretrained/vgg/vgg19-dcbd5c4.pth '
+                                  'not found') for message in messages), messages
+
+
+TEST_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', 'test_dtkd_*.yml')))
+
+
+@pytest.mark.parametrize('path', TEST_FILES, ids=[os.path.basename(p) for p in TEST_FILES])
+def test_dtkd_test_files_validate_and_name_their_training_file(path):
+    options = _load(path)
+    validate_options(options, is_train=False, check_files=False)
+    trained = options['path']['pretrain_network_g'].split('/')[1]
+    assert os.path.isfile(os.path.join(REPO_ROOT, 'options', f'{trained}.yml'))
+    assert _load(os.path.join(REPO_ROOT, 'options', f'{trained}.yml'))['network_g'] == options['network_g']
