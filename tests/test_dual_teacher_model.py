@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from basicsr.archs import build_network
+from basicsr.utils.registry import MODEL_REGISTRY
 
 from mtkd.config import OptionError, validate_options
 from mtkd.losses.dtkd_loss import reliability_mask
 from mtkd.models.dual_teacher_model import DualTeacherModel
-from mtkd.models.plain_sr_model import PlainSRModel
 
 from conftest import REPO_ROOT
 from test_knowledge_aggregation_model import runtime, tiny_pairs  # noqa: F401  (fixture)
@@ -156,7 +156,7 @@ def test_dtkd_option_file_builds_and_trains_two_iterations(path, tmp_path, tiny_
         torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, tmp_path / 'vgg.pth')
         perceptual.update(vgg_weights=str(tmp_path / 'vgg.pth'), layer_weights={'conv1_2': 1.0})
     plain = runtime(options, tmp_path)
-    model = (DualTeacherModel if options['model_type'] == 'DualTeacherModel' else PlainSRModel)(plain)
+    model = MODEL_REGISTRY.get(options['model_type'])(plain)
     gt = torch.rand(1, 3, 64, 64)
     for step in (1, 2):
         model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': gt})

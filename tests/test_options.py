@@ -78,6 +78,16 @@ def test_valid_file_gets_defaults_and_is_not_mutated(tmp_path):
     (lambda o: o['train'].pop('pixel_opt'), 'train: no loss: set pixel_opt, perceptual_opt and/or edge_opt'),
     (lambda o: o.pop('train'), 'train: training needs a train block (optim_g, scheduler, total_iter)'),
     (lambda o: o['path'] if 'path' in o else o.update(path={'key_format_g': 'edsr'}), "path.key_format_g: unknown key format 'edsr'"),
+    (lambda o: o.update(amp_dtype='fp8'), "amp_dtype: Input should be 'bf16' or 'fp16'"),
+    (lambda o: o.update(compile_mode='fastest'), "compile_mode: Input should be 'default', 'reduce-overhead'"),
+    (lambda o: o.update(use_ampp=True), "use_ampp: unknown key 'use_ampp'; did you mean 'use_amp'?"),
+    (lambda o: o['train'].update(accumulate=0), 'train.accumulate: Input should be greater than or equal to 1'),
+    (lambda o: o['train'].update(grad_clip_norm=-1.0), 'train.grad_clip_norm: Input should be greater than 0'),
+    (lambda o: o['train'].update(grad_clip=1.0), "train.grad_clip: unknown key 'grad_clip'; did you mean 'grad_clip_norm'?"),
+    (lambda o: o['train'].update(accumulate=3), 'logger.save_checkpoint_freq: with train.accumulate 3, checkpoints must fall'),
+    (lambda o: o.setdefault('logger', {}).update(keep_checkpoints=0), 'logger.keep_checkpoints: Input should be greater than or equal to 1'),
+    (lambda o: o['train'].update(edge_opt={'type': 'EdgeLoss', 'operator': 'canny2'}) or o['train'].update(edge_opt={'type': 'EdgeLos'}), "train.edge_opt.type: unknown loss 'EdgeLos'; did you mean 'EdgeLoss'?"),
+    (lambda o: o['train'].update(perceptual_opt={'type': 'VGGPerceptualLoss', 'vgg_weights': 'pretrained/vgg/none.pth'}), 'train.perceptual_opt.vgg_weights: VGG weights pretrained/vgg/none.pth not found'),
 ])
 def test_each_mistake_is_named_with_a_fix(tmp_path, mutate, expected):
     options = base_options(tmp_path)

@@ -147,9 +147,18 @@ def attach_teacher_cache(options: dict[str, Any], root_path: str) -> None:
         return
     fingerprints = fingerprint_specs(specs)
     for dataset in cached:
-        dataset['teacher_names'] = [spec.name for spec in specs]
-        dataset['teacher_fingerprints'] = fingerprints
         dataset['teachers'] = [dict(entry, weights=spec.weights) for entry, spec in zip(options['teachers'], specs)]
+        if dataset.get('teacher_cache_content') == 'aggregate':
+            from mtkd.aggregated_teachers import AGGREGATE_NAME, aggregate_fingerprint_from_options
+
+            aggregator = dict(options['aggregator'])
+            aggregator['weights'] = _resolve(aggregator.get('weights'), root_path)
+            dataset['aggregator'] = aggregator
+            dataset['teacher_names'] = [AGGREGATE_NAME]
+            dataset['teacher_fingerprints'] = aggregate_fingerprint_from_options(dataset['teachers'], aggregator)
+        else:
+            dataset['teacher_names'] = [spec.name for spec in specs]
+            dataset['teacher_fingerprints'] = fingerprints
 
 
 def parse_options(root_path: str, is_train: bool = True, argv: list[str] | None = None):
@@ -173,11 +182,17 @@ def run_pipeline(pipeline, root_path: str) -> None:
     """Run a BasicSR pipeline on validated options; option and weight errors end in one clear message."""
     import sys
 
+    from mtkd import resume
+    from mtkd.optimization import NonFiniteLossError
     from mtkd.weights import WeightLoadError
 
     install_into_basicsr()
+    resume.install()
     try:
         pipeline(root_path)
     except (OptionError, WeightLoadError) as error:
         print(f'mtkd: {error}', file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteLossError as error:
+        print(f'mtkd: {error}', file=sys.stderr)
+        raise SystemExit(3) from None

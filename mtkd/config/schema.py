@@ -136,6 +136,12 @@ class TrainOptions(StrictBlock):
     perceptual_opt: LossOptions | None = None
     edge_opt: LossOptions | None = Field(default=None, description='edge loss between output and GT '
                                          '(EdgeLoss; EdgeSRN and the DTKD perceptual students)')
+    grad_clip_norm: float | None = Field(default=None, gt=0, description='clip the global L2 norm of the '
+                                         'gradients to this value before each optimizer step')
+    accumulate: int = Field(default=1, ge=1, description='gradient accumulation: one optimizer step every '
+                            '`accumulate` iterations (batches); the loss is divided by it')
+    max_nonfinite_losses: int = Field(default=5, ge=1, description='a NaN/inf loss skips the update with a '
+                                      'warning; this many in a row stop the run')
 
 
 class ValOptions(StrictBlock):
@@ -158,6 +164,10 @@ class WandbOptions(StrictBlock):
 class LoggerOptions(StrictBlock):
     print_freq: int = Field(default=100, ge=1)
     save_checkpoint_freq: int = Field(default=5000, ge=1)
+    keep_checkpoints: int | None = Field(default=None, ge=1, description='keep only the newest N checkpoints '
+                                         'and training states (null: keep all)')
+    loss_jsonl: bool = Field(default=False, description='also write every iteration\'s losses at full precision '
+                             'to experiments/<name>/losses.jsonl')
     use_tb_logger: bool = True
     wandb: WandbOptions | None = None
 
@@ -182,6 +192,14 @@ class SROptions(StrictBlock):
     logger: LoggerOptions = LoggerOptions()
     dist_params: DistOptions | None = None
     find_unused_parameters: bool = False
+    # Speed options shared by every model (names as in traiNNer-redux / neosr); docs/performance.md.
+    use_amp: bool = Field(default=False, description='automatic mixed precision for the training step '
+                          '(student, teachers, aggregator and losses under autocast)')
+    amp_dtype: Literal['bf16', 'fp16'] = Field(default='bf16', description='fp16 adds a GradScaler')
+    channels_last: bool = Field(default=False, description='NHWC memory format for networks and batches')
+    compile: bool = Field(default=False, description='torch.compile the trained network (in place)')
+    compile_mode: Literal['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'] = 'default'
+    fast_matmul: bool = Field(default=False, description='TF32 matmul/convolution on Ampere+ GPUs')
 
     def extra_problems(self, is_train: bool) -> list:
         """Model-specific combinations to refuse (a list of ``OptionProblem``); none for a plain SR model."""

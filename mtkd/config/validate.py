@@ -363,6 +363,12 @@ def semantic_problems(options: SROptions, is_train: bool) -> list[OptionProblem]
     if (is_train and type(options.train) is TrainOptions and options.train.pixel_opt is None
             and options.train.perceptual_opt is None and options.train.edge_opt is None):
         problems.append(OptionProblem(('train',), 'no loss: set pixel_opt, perceptual_opt and/or edge_opt'))
+    if (is_train and options.train is not None and options.train.accumulate > 1
+            and options.logger.save_checkpoint_freq % options.train.accumulate):
+        problems.append(OptionProblem(('logger', 'save_checkpoint_freq'), f'with train.accumulate '
+                                      f'{options.train.accumulate}, checkpoints must fall at the end of an '
+                                      f'accumulation window (a multiple of {options.train.accumulate}) so that a '
+                                      'resumed run continues exactly'))
     if not is_train and options.val is None:
         problems.append(OptionProblem(('val',), 'testing needs a val block (metrics, save_img)'))
     return problems

@@ -5,7 +5,7 @@ once per image (:mod:`mtkd.teacher_cache`) instead of at every iteration.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,11 @@ class TeacherPairedImageDatasetOptions(CheckedPairedImageDatasetOptions):
     teacher_fingerprints: list[dict[str, Any]] | None = Field(
         default=None, description='filled by mtkd from the teachers: list (mtkd.teachers.fingerprint_specs), not '
         'by hand: identifies the cache exactly (weights sha256 included)')
+    teacher_cache_content: Literal['teachers', 'aggregate'] = Field(
+        default='teachers', description="'teachers': each teacher's output (stage 1, DTKD, KD); 'aggregate': only "
+        "the stage-1 aggregator's I_MT (MTKD stage 2: neither teachers nor aggregator run during training)")
+    aggregator: dict[str, Any] | None = Field(
+        default=None, description="filled by mtkd from the model's aggregator: block for content 'aggregate'")
 
 
 def build_missing_teacher_cache(opt: dict, lq_paths: list[str]) -> None:
@@ -54,6 +59,10 @@ def build_missing_teacher_cache(opt: dict, lq_paths: list[str]) -> None:
         specs = teacher_specs_from_options(opt['teachers'])
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
         ensemble = TeacherEnsemble(specs, opt['scale'], device=device, logger=get_root_logger())
+        if opt.get('teacher_cache_content') == 'aggregate':
+            from mtkd.aggregated_teachers import AggregatedTeachers
+
+            ensemble = AggregatedTeachers(ensemble, opt['aggregator'], logger=get_root_logger())
         cache = TeacherOutputCache(opt.get('teacher_cache_root') or DEFAULT_CACHE_ROOT, ensemble.fingerprint(),
                                    dataset_key(lq_paths), opt['scale'])
         if not cache.is_complete([image_stem(path) for path in lq_paths]):
@@ -143,9 +152,11 @@ class TeacherPairedImageDataset(CheckedPairedImageDataset):
         return arrays
 
     def extra_outputs(self, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        # Cached outputs are already RGB.
-        return {'teacher_outputs': torch.stack([torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-                                                for array in arrays])}
+        # Cached outputs are already RGB. An aggregate cache holds I_MT only: the distillation target itself.
+        stacked = torch.stack([torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))) for array in arrays])
+        if self.opt.get('teacher_cache_content') == 'aggregate':
+            return {'cached_target': stacked[0]}
+        return {'teacher_outputs': stacked}
 
 
 __all__ = ['TeacherPairedImageDataset', 'TeacherPairedImageDatasetOptions', 'open_teacher_cache']

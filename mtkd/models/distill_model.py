@@ -106,6 +106,16 @@ class DistillOptions(SROptions):
         if is_train and self.train is not None and self.train.pixel_opt is None:
             problems.append(OptionProblem(('train', 'pixel_opt'), 'set the L1 to the ground truth (alpha in MTKD '
                                           'Eq. 2 is its loss_weight; 0 disables it explicitly)'))
+        if train_data.get('teacher_cache_content') == 'aggregate' and (
+                self.distill.target != 'aggregate' or self.distill.feature_opt is not None or dukd is not None):
+            problems.append(OptionProblem(('datasets', 'train', 'teacher_cache_content'), "an aggregate cache holds "
+                                          "I_MT only: it needs distill.target 'aggregate' and no feature_opt or dukd "
+                                          "(they run the teachers); use teacher_cache_content: teachers"))
+        if dukd is not None and dukd.separate_step and self.train is not None and (
+                self.train.accumulate > 1 or self.train.grad_clip_norm is not None or self.use_amp):
+            problems.append(OptionProblem(('distill', 'dukd', 'separate_step'), 'the official two-step DUKD update '
+                                          'does not combine with train.accumulate, grad_clip_norm or use_amp; use '
+                                          "separate_step: false (the paper's single step)"))
         return problems
 
 
@@ -187,15 +197,18 @@ class DistillModel(PlainSRModel):
         super().feed_data(data)
         cached = data.get('teacher_outputs')  # (B, N, 3, sH, sW) from the teacher-output cache, if used
         self.cached_teacher_outputs = list(cached.to(self.device).unbind(1)) if cached is not None else None
+        target = data.get('cached_target')  # (B, 3, sH, sW): I_MT from an aggregate cache
+        self.cached_target = target.to(self.device) if target is not None else None
 
     # ---- optimisation -------------------------------------------------------------------------------------
-    def optimize_parameters(self, current_iter):
+    def compute_losses(self, loss_dict: OrderedDict) -> torch.Tensor:
         # Feature KD needs the teacher's features of this very batch: run the teachers (no cache).
-        cached = None if self.cri_feature is not None else self.cached_teacher_outputs
-        self.target = self.distillation_target(self.lq, cached)
-        self.optimizer_g.zero_grad()
+        if self.cached_target is not None:  # I_MT from the cache: neither teachers nor aggregator run
+            self.target = self.cached_target
+        else:
+            cached = None if self.cri_feature is not None else self.cached_teacher_outputs
+            self.target = self.distillation_target(self.lq, cached)
         self.output = self.net_g(self.lq)
-        loss_dict = OrderedDict()
         l_total = self.image_losses(self.output, self.gt, loss_dict)
         if self.cri_distill is not None:
             loss_dict['l_distill'] = self.cri_distill(self.output, self.target)
@@ -205,18 +218,34 @@ class DistillModel(PlainSRModel):
             l_total = l_total + loss_dict['l_feature']
         if self.dukd is not None and not self.dukd_separate_step:  # after the feature term: DUKD reruns the taps
             l_total = l_total + self._dukd_terms(loss_dict)
-        l_total.backward()
+        return l_total
+
+    def after_backward(self) -> None:
         if self.cri_feature is not None:
             self.student_taps.clear()
             self.teacher_taps.clear()
+
+    def optimize_parameters(self, current_iter):
+        if self.dukd is None or not self.dukd_separate_step:
+            super().optimize_parameters(current_iter)
+            return
+        # The official DUKD trainer: a second step on the DUKD terms, without zero_grad in between (validation
+        # refuses accumulate, clipping and AMP with it).
+        self._current_iter = current_iter
+        self.optimizer_g.zero_grad()
+        loss_dict = OrderedDict()
+        self.compute_losses(loss_dict).backward()
+        self.after_backward()
         self.optimizer_g.step()
-        if self.dukd is not None and self.dukd_separate_step:
-            # The official DUKD trainer: a second step on the DUKD terms, without zero_grad in between.
-            self._dukd_terms(loss_dict).backward()
-            self.optimizer_g.step()
+        self._dukd_terms(loss_dict).backward()
+        self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def frozen_networks(self) -> list[torch.nn.Module]:
+        networks = super().frozen_networks()
+        return networks + [self.aggregator.network] if self.aggregator is not None else networks
 
     def _dukd_terms(self, loss_dict: OrderedDict) -> torch.Tensor:
         """DUKD's terms on upcycled inputs (zoom-in tiles of GT, zoomed-out LR), against the same frozen target."""

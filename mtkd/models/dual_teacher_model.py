@@ -135,18 +135,11 @@ class DualTeacherModel(PlainSRModel):
                 total = total + value
         return total
 
-    def optimize_parameters(self, current_iter):
+    def compute_losses(self, loss_dict: OrderedDict) -> torch.Tensor:
         teacher_outputs = self.cached_teacher_outputs or self.teachers.forward(self.lq)
-        self.optimizer_g.zero_grad()
         self.output = self.net_g(self.lq)
-        loss_dict = OrderedDict()
         total = self.image_losses(self.output, self.gt, loss_dict)
-        total = total + self.distillation_terms(self.output, teacher_outputs, self.gt, loss_dict)
-        total.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        return total + self.distillation_terms(self.output, teacher_outputs, self.gt, loss_dict)
 
     # ---- validation: both teachers' own scores, once per dataset ---------------------------------------
     def extra_validation_outputs(self) -> dict[str, torch.Tensor]:

@@ -64,20 +64,13 @@ class KnowledgeAggregationModel(PlainSRModel):
         super().feed_data(data)
         self.cached_teacher_outputs = data.get('teacher_outputs')  # (B, N, 3, sH, sW) from the cache, if used
 
-    def optimize_parameters(self, current_iter):
+    def compute_losses(self, loss_dict: OrderedDict) -> torch.Tensor:
         cached = self.cached_teacher_outputs
         self.teacher_stack = (cached.to(self.device).flatten(1, 2) if cached is not None
                               else self.teachers.stacked(self.lq))
-        self.optimizer_g.zero_grad()
         self.output = self.net_g(self.teacher_stack)
-        loss_dict = OrderedDict()
-        l_pix = self.cri_pix(self.output, self.gt)
-        loss_dict['l_pix'] = l_pix
-        l_pix.backward()
-        self.optimizer_g.step()
-        self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
+        loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+        return loss_dict['l_pix']
 
     def test(self):
         self.validation_teacher_outputs = self.teachers.forward(self.lq)

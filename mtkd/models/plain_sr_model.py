@@ -14,7 +14,9 @@ Differences from BasicSR's ``SRModel`` (everything else is inherited):
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -29,7 +31,9 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr.models import lr_scheduler
 
+from mtkd import resume
 from mtkd.fileio import atomic_torch_save, atomic_write_json
+from mtkd.optimization import OptimizerStep
 from mtkd.transforms.padding import run_padded
 from mtkd.weights import load_weights, read_checkpoint
 
@@ -39,6 +43,34 @@ METRICS_FILE = 'metrics.json'
 @MODEL_REGISTRY.register()
 class PlainSRModel(SRModel):
     """Single-network SR training and testing (the student alone, or any model under test)."""
+
+    def __init__(self, opt):
+        if opt.get('fast_matmul'):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.set_float32_matmul_precision('high')
+        super().__init__(opt)
+        if opt.get('channels_last'):
+            self.net_g.to(memory_format=torch.channels_last)
+            for network in self.frozen_networks():
+                network.to(memory_format=torch.channels_last)
+        if opt.get('compile'):
+            # In place (nn.Module.compile): parameter names and checkpoints stay those of the plain network.
+            self.get_bare_model(self.net_g).compile(mode=opt.get('compile_mode', 'default'))
+
+    def model_to_device(self, net):
+        """BasicSR's placement, plus DDP on CPU processes (gloo), which BasicSR ties to a CUDA device."""
+        if self.opt['dist'] and self.device.type == 'cpu':
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(net.to(self.device),
+                                           find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return super().model_to_device(net)
+
+    def frozen_networks(self) -> list[torch.nn.Module]:
+        """Teachers and other frozen networks that run with the student (same memory format and precision)."""
+        teachers = getattr(self, 'teachers', None)
+        return [teachers.network(name) for name in teachers.names] if teachers is not None else []
 
     # ---- weights -------------------------------------------------------------------------------------
     def load_network(self, net, load_path, strict=True, param_key='auto'):
@@ -77,23 +109,69 @@ class PlainSRModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """Save optimizer and scheduler states atomically as ``training_states/<iter>.state``."""
+        """Save optimizer, scheduler, AMP-scaler and random-generator states atomically (``<iter>.state``)."""
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter,
                  'optimizers': [optimizer.state_dict() for optimizer in self.optimizers],
-                 'schedulers': [scheduler.state_dict() for scheduler in self.schedulers]}
+                 'schedulers': [scheduler.state_dict() for scheduler in self.schedulers],
+                 'rng': resume.rng_states()}
+        if hasattr(self, 'optimizer_step'):
+            state['optimizer_step'] = self.optimizer_step.state_dict()
         atomic_torch_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        """BasicSR's resume (optimizers, schedulers), then the data position and random generators (exact)."""
+        super().resume_training(resume_state)
+        if 'optimizer_step' in resume_state:
+            self.optimizer_step.load_state_dict(resume_state['optimizer_step'])
+        resume.expect_resume(resume_state['epoch'], resume_state['iter'], resume_state.get('rng'))
+
+    def save(self, epoch, current_iter):
+        super().save(epoch, current_iter)
+        keep = self.opt['logger'].get('keep_checkpoints')
+        if keep and current_iter != -1:
+            self._prune_checkpoints(keep)
+
+    @master_only
+    def _prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` numbered checkpoints and states (``*_latest.pth`` stays)."""
+        for folder, pattern in ((self.opt['path']['models'], r'^(.+)_(\d+)\.pth$'),
+                                (self.opt['path']['training_states'], r'^()(\d+)\.state$')):
+            groups: dict[str, list[tuple[int, str]]] = {}
+            for name in os.listdir(folder):
+                match = re.match(pattern, name)
+                if match:
+                    groups.setdefault(match.group(1), []).append((int(match.group(2)), name))
+            for entries in groups.values():
+                for _, name in sorted(entries)[:-keep]:
+                    os.remove(os.path.join(folder, name))
+
+    def _save_and_exit(self) -> None:
+        """Ctrl-C: save a resumable state of the last finished iteration, then exit (status 130)."""
+        iteration = self._current_iter
+        if iteration > 0:
+            self.save(resume.current_epoch(iteration), iteration)
+        get_root_logger().warning(f'Interrupted: saved a resumable state at iteration {iteration}; continue with '
+                                  'the same command plus --auto_resume.')
+        raise SystemExit(resume.EXIT_INTERRUPTED)
 
     # ---- losses: BasicSR's pixel/perceptual terms plus an optional edge term -----------------------------
     def init_training_settings(self):
-        edge_options = self.opt['train'].get('edge_opt')
+        train = self.opt['train']
+        edge_options = train.get('edge_opt')
         self.cri_edge = build_loss(dict(edge_options)).to(self.device) if edge_options else None
-        if self.cri_edge is not None and not (self.opt['train'].get('pixel_opt') or
-                                              self.opt['train'].get('perceptual_opt')):
+        if self.cri_edge is not None and not (train.get('pixel_opt') or train.get('perceptual_opt')):
             # SRModel refuses to start without pixel or perceptual loss; an edge-only run is legitimate.
             raise ValueError('edge_opt alone is not supported: add pixel_opt (loss_weight 0 disables it)')
         super().init_training_settings()
+        self.optimizer_step = OptimizerStep(
+            self.optimizer_g, self.trainable_parameters(), self.device, use_amp=bool(self.opt.get('use_amp')),
+            amp_dtype=self.opt.get('amp_dtype', 'bf16'), accumulate=int(train.get('accumulate', 1)),
+            grad_clip_norm=train.get('grad_clip_norm'), max_nonfinite_losses=int(train.get('max_nonfinite_losses', 5)),
+            distributed=bool(self.opt.get('dist')), logger=get_root_logger())
+        self._current_iter = 0
+        resume.register_interrupt(self._save_and_exit)
 
     def image_losses(self, output: torch.Tensor, gt: torch.Tensor, loss_dict: OrderedDict) -> torch.Tensor:
         """Sum of the terms against the ground truth (pixel, perceptual, style, edge), recorded in ``loss_dict``."""
@@ -110,15 +188,41 @@ class PlainSRModel(SRModel):
             total = total + loss_dict.setdefault('l_edge', self.cri_edge(output, gt))
         return total
 
-    def optimize_parameters(self, current_iter):
-        self.optimizer_g.zero_grad()
+    # ---- one training iteration: subclasses override compute_losses (and after_backward) ------------------
+    def feed_data(self, data):
+        super().feed_data(data)
+        if self.opt.get('channels_last'):
+            self.lq = self.lq.contiguous(memory_format=torch.channels_last)
+            if hasattr(self, 'gt'):
+                self.gt = self.gt.contiguous(memory_format=torch.channels_last)
+
+    def compute_losses(self, loss_dict: OrderedDict) -> torch.Tensor:
+        """Forward pass and total loss of one iteration (under autocast when ``use_amp``); sets ``self.output``."""
         self.output = self.net_g(self.lq)
+        return self.image_losses(self.output, self.gt, loss_dict)
+
+    def after_backward(self) -> None:
+        """Hook after the backward pass (e.g. release feature taps)."""
+
+    def optimize_parameters(self, current_iter):
+        self._current_iter = current_iter
         loss_dict = OrderedDict()
-        self.image_losses(self.output, self.gt, loss_dict).backward()
-        self.optimizer_g.step()
+        with self.optimizer_step.autocast():
+            total = self.compute_losses(loss_dict)
+        stepped = self.optimizer_step(total, current_iter)
+        self.after_backward()
         self.log_dict = self.reduce_loss_dict(loss_dict)
-        if self.ema_decay > 0:
+        if stepped and self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+        if self.opt['logger'].get('loss_jsonl'):
+            self._append_loss_line(current_iter, loss_dict)
+
+    @master_only
+    def _append_loss_line(self, current_iter: int, loss_dict: OrderedDict) -> None:
+        values = {name: float(value.detach().float().mean()) for name, value in loss_dict.items()}
+        path = os.path.join(self.opt['path']['experiments_root'], 'losses.jsonl')
+        with open(path, 'a', encoding='utf-8') as handle:
+            handle.write(json.dumps({'iter': current_iter, **values}) + '\n')
 
     # ---- optimisation (options are read, never popped) -------------------------------------------------
     def get_optimizer(self, optim_type, params, lr, **kwargs):

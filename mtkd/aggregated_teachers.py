@@ -1,0 +1,93 @@
+"""The teachers followed by the frozen stage-1 aggregator, as one "teacher" whose output is ``I_MT``.
+
+MTKD stage 2 (Jiang et al., ECCV 2024, Sec. 3.2) distils the aggregated image ``I_MT``. With teachers and
+aggregator fixed, ``I_MT`` of every training image can be computed once and cached like a teacher output
+(``teacher_cache_content: aggregate`` in a ``TeacherPairedImageDataset`` block): the stage-2 step then runs
+neither the teachers nor the aggregator, and the cache holds one image per LR image instead of N + 1.
+:class:`AggregatedTeachers` has the interface :class:`mtkd.teacher_cache.TeacherOutputCache` builds from
+(``names``, ``scale``, ``device``, ``fingerprint()``, ``forward(lq, tile_size, tile_overlap)``).
+
+The fingerprint is that of the aggregator (arch, arguments, sha256 of the checkpoint, ``param_key``) with the
+fingerprints of its teachers inside, so a change of any teacher or of the KA checkpoint selects another cache.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from mtkd.fileio import file_sha256
+from mtkd.teachers import (TeacherEnsemble, canonical_network_args, check_checkpoint_teachers, fingerprint_specs,
+                           freeze_network, run_tiled, teacher_specs_from_options)
+
+AGGREGATE_NAME = 'aggregate'
+
+
+def _resolve(path: str | None, root: str | None) -> str | None:
+    if path is None or root is None or os.path.isabs(os.path.expanduser(path)):
+        return path
+    return os.path.join(root, path)
+
+
+def aggregate_fingerprint(teacher_fingerprints: Sequence[Mapping], aggregator: Mapping,
+                          weights_sha256: str | None) -> list[dict[str, Any]]:
+    """The one-entry fingerprint of ``I_MT`` (see the module docstring)."""
+    return [{'name': AGGREGATE_NAME, 'type': aggregator['network']['type'],
+             'args': canonical_network_args(aggregator['network']), 'weights_sha256': weights_sha256,
+             'param_key': aggregator.get('param_key', 'auto'), 'teachers': [dict(entry) for entry in teacher_fingerprints]}]
+
+
+def aggregate_fingerprint_from_options(teachers: Sequence[Mapping], aggregator: Mapping,
+                                       root: str | None = None) -> list[dict[str, Any]]:
+    """:func:`aggregate_fingerprint` from option blocks, without building anything (hashes the files)."""
+    specs = teacher_specs_from_options(teachers, root)
+    weights = _resolve(aggregator.get('weights'), root)
+    sha = file_sha256(weights) if weights and os.path.isfile(weights) else None
+    return aggregate_fingerprint(fingerprint_specs(specs), aggregator, sha)
+
+
+class AggregatedTeachers:
+    """``lq (B, 3, H, W)`` → ``[I_MT (B, 3, sH, sW)]``: the teachers, then the frozen aggregator, under no_grad."""
+
+    def __init__(self, ensemble: TeacherEnsemble, aggregator: Mapping, root: str | None = None,
+                 logger: logging.Logger | None = None):
+        from basicsr.archs import build_network
+
+        from mtkd.weights import load_weights
+
+        weights = _resolve(aggregator.get('weights'), root)
+        if weights is None or not os.path.isfile(weights):
+            raise FileNotFoundError(f'aggregator weights {weights} not found: train stage 1 first (the stage-1 '
+                                    'option file named in this file); I_MT cannot be cached without them')
+        check_checkpoint_teachers(weights, ensemble, 'aggregator checkpoint', logger)
+        network = build_network(dict(aggregator['network']))
+        load_weights(network, weights, param_key=aggregator.get('param_key', 'auto'),
+                     strict=aggregator.get('strict_load', True), logger=logger)
+        self.network = freeze_network(network).to(ensemble.device)
+        self.ensemble = ensemble
+        self._fingerprint = aggregate_fingerprint(ensemble.fingerprint(), aggregator, file_sha256(weights))
+
+    names = [AGGREGATE_NAME]
+
+    @property
+    def scale(self) -> int:
+        return self.ensemble.scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.ensemble.device
+
+    def fingerprint(self) -> list[dict[str, Any]]:
+        return [dict(entry) for entry in self._fingerprint]
+
+    def _aggregate(self, lq: torch.Tensor) -> list[torch.Tensor]:
+        return [self.network(torch.cat(self.ensemble.forward(lq), dim=1))]
+
+    def forward(self, lq: torch.Tensor, tile_size: int | None = None, tile_overlap: int = 16) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return run_tiled(self._aggregate, lq, self.scale, tile_size, tile_overlap)
+
+    __call__ = forward

@@ -1,0 +1,367 @@
+"""``make demo``: the whole MTKD pipeline (Jiang et al., ECCV 2024) on the embedded demo data, in minutes on a CPU.
+
+Stages, each an ordinary option file under ``options/demo/`` run through BasicSR's entry points exactly as a user
+would (``python mtkd/train.py -opt ...`` / ``python mtkd/test.py -opt ...``):
+
+1. three small teachers of different families (EDSR, RFDN: CNNs; SwinIR: a transformer), trained briefly;
+2. MTKD stage 1: the DCTSwin knowledge-aggregation network fuses their outputs into ``MT`` (Eq. 1);
+3. test: each teacher, the teacher average and MT on the validation split;
+4. MTKD stage 2: a small student distilled from MT with the wavelet loss (Eq. 2-4), and the same student alone;
+5. test both students; then one table (bicubic, teachers, teacher average, MT, student alone, MTKD student:
+   Y-channel PSNR/SSIM, border of ``scale`` cropped) and a comparison figure of one validation crop.
+
+Everything is written under a root folder (the repository by default): ``datasets/demo`` (the data, kept between
+runs), ``experiments/<name>``, ``results/<name>`` and ``results/demo`` (table, figure, stage logs). Every run
+starts clean: the demo's own experiments and results (and BasicSR's ``*_archived_*`` copies of them) are deleted
+first, nothing else. ``quick`` cuts every training to a handful of iterations (``--force_yml``) to check the chain.
+
+Stages run as subprocesses (``mode='subprocess'``; the exact command is printed) or inside this process
+(``mode='in-process'``: :func:`mtkd.config.cli.run_pipeline`, what ``mtkd/train.py`` calls, on the same option
+files; it saves the few seconds each interpreter spends importing torch, which the tests use).
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+OPTIONS_DIR = 'options/demo'
+RESULTS_NAME = 'demo'  # results/demo: table, figure, logs
+VALIDATION_SET = 'demo_val'
+#: Iterations of every training in quick mode (a smoke run of the whole chain).
+QUICK_ITERATIONS = 4
+
+# Run a BasicSR pipeline with another root than the repository (what mtkd/train.py does with its own root).
+_LAUNCHER = ('import sys; import mtkd; from mtkd.config.cli import run_pipeline; import importlib; '
+             'root, entry = sys.argv[1], sys.argv[2]; sys.argv = [f"mtkd/{entry}.py"] + sys.argv[3:]; '
+             'run_pipeline(getattr(importlib.import_module(f"basicsr.{entry}"), f"{entry}_pipeline"), root)')
+
+
+class DemoError(RuntimeError):
+    """A demo stage failed; the message names the stage, its command and its log."""
+
+
+@dataclass(frozen=True)
+class DemoStage:
+    """One step: ``entry`` is ``'train'`` or ``'test'``; ``option_file`` relative to the repository."""
+    title: str
+    entry: str
+    option_file: str
+
+    @property
+    def name(self) -> str:
+        """The ``name:`` of the option file (experiment or results folder)."""
+        return read_option_file(self.option_file)['name']
+
+
+STAGES = (
+    DemoStage('teacher 1/3: EDSR (CNN)', 'train', f'{OPTIONS_DIR}/demo_teacher_edsr_x2.yml'),
+    DemoStage('teacher 2/3: RFDN (CNN)', 'train', f'{OPTIONS_DIR}/demo_teacher_rfdn_x2.yml'),
+    DemoStage('teacher 3/3: SwinIR (transformer)', 'train', f'{OPTIONS_DIR}/demo_teacher_swinir_x2.yml'),
+    DemoStage('stage 1: knowledge aggregation (DCTSwin)', 'train', f'{OPTIONS_DIR}/demo_stage1_ka_x2.yml'),
+    DemoStage('test: teachers, teacher average, MT', 'test', f'{OPTIONS_DIR}/test_demo_ka_x2.yml'),
+    DemoStage('stage 2: MTKD student', 'train', f'{OPTIONS_DIR}/demo_stage2_mtkd_x2.yml'),
+    DemoStage('student alone (no KD)', 'train', f'{OPTIONS_DIR}/demo_student_alone_x2.yml'),
+    DemoStage('test: MTKD student', 'test', f'{OPTIONS_DIR}/test_demo_mtkd_x2.yml'),
+    DemoStage('test: student alone', 'test', f'{OPTIONS_DIR}/test_demo_student_alone_x2.yml'),
+)
+
+#: Table rows: (label, results name of the test stage, output in its metrics.json: None = the model's own).
+TEACHER_LABELS = {'edsr': 'Teacher EDSR (CNN)', 'rfdn': 'Teacher RFDN (CNN)', 'swinir': 'Teacher SwinIR (transformer)'}
+
+
+@dataclass
+class StageTiming:
+    """Wall time of one step and the CPU time it used (all threads, subprocesses included), in seconds.
+
+    On a loaded machine the wall time grows while the CPU time stays about the same; on an idle machine the wall
+    time is about the CPU time divided by the cores torch keeps busy."""
+    title: str
+    seconds: float
+    cpu_seconds: float
+    command: str = ''
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced: table rows ``(label, parameters or None, psnr, ssim)``, files and timings."""
+    rows: list[tuple[str, int | None, float, float]]
+    table: str
+    figure_path: str
+    timings: list[StageTiming] = field(default_factory=list)
+
+    def row(self, label: str) -> tuple[str, int | None, float, float]:
+        return next(row for row in self.rows if row[0] == label)
+
+
+def read_option_file(option_file: str) -> dict:
+    import yaml
+
+    with open(os.path.join(REPO_ROOT, option_file), encoding='utf-8') as handle:
+        return yaml.safe_load(handle)
+
+
+def quick_overrides(option_file: str, iterations: int = QUICK_ITERATIONS) -> list[str]:
+    """``--force_yml`` entries that cut a training file to ``iterations`` (no learning-rate step, log every one)."""
+    return [f'train:total_iter={iterations}', f'train:scheduler:milestones=[{iterations}]',
+            f'logger:print_freq={iterations}']
+
+
+def stage_command(stage: DemoStage, overrides: list[str], python: str = 'python') -> list[str]:
+    """The command a user types for this stage (relative to the repository)."""
+    command = [python, f'mtkd/{stage.entry}.py', '-opt', stage.option_file]
+    return command + (['--force_yml', *overrides] if overrides else [])
+
+
+def clean_previous_run(root: str) -> list[str]:
+    """Delete what earlier demo runs left under ``root``: each stage's ``experiments/<name>`` or ``results/<name>``
+    (with BasicSR's ``<name>_archived_<time>`` copies), ``results/demo`` and the demo's teacher-output cache.
+    The demo data (``datasets/demo/train``, ``val``) is kept. Returns what was deleted."""
+    removed = []
+    targets = [os.path.join(root, 'results', RESULTS_NAME), os.path.join(root, 'datasets', 'demo', 'teacher_cache')]
+    for stage in STAGES:
+        folder = os.path.join(root, 'experiments' if stage.entry == 'train' else 'results', stage.name)
+        targets += [folder, *glob.glob(glob.escape(folder) + '_archived_*'),
+                    *glob.glob(glob.escape(os.path.join(root, 'tb_logger', stage.name)) + '*')]
+    for target in targets:
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+            removed.append(target)
+    return removed
+
+
+def _reset_basicsr_logger() -> None:
+    """BasicSR configures its logger once per process; a new stage in the same process needs a fresh one."""
+    from basicsr.utils import logger as basicsr_logger
+
+    basicsr_logger.initialized_logger.pop('basicsr', None)
+    logger = logging.getLogger('basicsr')
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def run_stage(stage: DemoStage, root: str, overrides: list[str], log_path: str, mode: str = 'subprocess',
+              threads: int | None = None) -> None:
+    """Run one stage, its console output going to ``log_path``; a failure raises :class:`DemoError`."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    arguments = ['-opt', os.path.join(REPO_ROOT, stage.option_file)] + (['--force_yml', *overrides] if overrides
+                                                                        else [])
+    with open(log_path, 'w', encoding='utf-8') as log:
+        if mode == 'in-process':
+            from mtkd.config.cli import run_pipeline
+
+            if stage.entry == 'train':
+                from basicsr.train import train_pipeline as pipeline
+            else:
+                from basicsr.test import test_pipeline as pipeline
+            saved_argv = sys.argv
+            _reset_basicsr_logger()
+            try:
+                sys.argv = [f'mtkd/{stage.entry}.py', *arguments]
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    run_pipeline(pipeline, root)
+                status = 0
+            except SystemExit as error:
+                status = error.code if isinstance(error.code, int) else 1
+            finally:
+                sys.argv = saved_argv
+                _reset_basicsr_logger()
+        else:
+            environment = dict(os.environ)
+            if threads:
+                environment['OMP_NUM_THREADS'] = environment['MKL_NUM_THREADS'] = str(threads)
+            if os.path.realpath(root) == os.path.realpath(REPO_ROOT):
+                command = [sys.executable, os.path.join(REPO_ROOT, 'mtkd', f'{stage.entry}.py'), *arguments]
+            else:
+                command = [sys.executable, '-c', _LAUNCHER, root, stage.entry, *arguments]
+            status = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env=environment).returncode
+    if status != 0:
+        with open(log_path, encoding='utf-8', errors='replace') as handle:
+            tail = ''.join(handle.readlines()[-25:])
+        raise DemoError(f'{stage.title} failed (exit status {status}); command: '
+                        f'{" ".join(stage_command(stage, overrides))}\nlast lines of {log_path}:\n{tail}')
+
+
+def count_parameters(network_options: dict) -> int:
+    """Parameters of a network built from an option file's ``network_g`` block (built quietly, not logged)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    arguments = dict(network_options)
+    network = ARCH_REGISTRY.get(arguments.pop('type'))(**arguments)
+    return sum(parameter.numel() for parameter in network.parameters())
+
+
+def bicubic_images(data_dir: str, output_dir: str, scale: int) -> dict[str, tuple[float, float]]:
+    """MATLAB-bicubic upsampling of every validation LR image (:func:`mtkd.transforms.matlab_resize.imresize`,
+    uint8), written as ``<output_dir>/<name>_bicubic.png``; returns ``name -> (psnr, ssim)`` (Y channel, border
+    ``scale``), scored like every model (:func:`mtkd.evaluation.score_images`)."""
+    from mtkd.evaluation import read_image, score_images
+    from mtkd.inference import write_png
+    from mtkd.transforms.matlab_resize import imresize
+
+    scores = {}
+    for path in sorted(glob.glob(os.path.join(data_dir, 'val', 'HR', '*.png'))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        low = read_image(os.path.join(data_dir, 'val', 'LR_bicubic', f'X{scale}', f'{name}x{scale}.png'))
+        upsampled = imresize(low, scale)
+        write_png(upsampled, os.path.join(output_dir, f'{name}_bicubic.png'))
+        score = score_images(upsampled, read_image(path), scale)
+        scores[name] = (score.psnr, score.ssim)
+    return scores
+
+
+def _metrics(root: str, results_name: str) -> dict:
+    path = os.path.join(root, 'results', results_name, 'metrics.json')
+    with open(path, encoding='utf-8') as handle:
+        return json.load(handle)['datasets'][VALIDATION_SET]
+
+
+def collect_rows(root: str, bicubic: dict[str, tuple[float, float]]) -> list[tuple[str, int | None, float, float]]:
+    """The table's rows ``(label, parameters, psnr, ssim)``: bicubic, each teacher, teacher average, MT, student
+    alone, MTKD student (means over the validation images)."""
+    ka_test = read_option_file(f'{OPTIONS_DIR}/test_demo_ka_x2.yml')
+    ka = _metrics(root, ka_test['name'])
+    teachers = {teacher['name']: teacher for teacher in ka_test['teachers']}
+    rows: list[tuple[str, int | None, float, float]] = [
+        ('Bicubic (MATLAB)', None, float(sum(v[0] for v in bicubic.values()) / len(bicubic)),
+         float(sum(v[1] for v in bicubic.values()) / len(bicubic)))]
+    for name, teacher in teachers.items():
+        mean = ka['other_outputs'][f'teacher_{name}']['mean']
+        rows.append((TEACHER_LABELS.get(name, f'Teacher {name}'), count_parameters(teacher['network']),
+                     mean['psnr'], mean['ssim']))
+    mean = ka['other_outputs']['teacher_average']['mean']
+    rows.append(('Teacher average', None, mean['psnr'], mean['ssim']))
+    rows.append(('MT (stage 1, DCTSwin)', count_parameters(ka_test['network_g']), ka['mean']['psnr'],
+                 ka['mean']['ssim']))
+    for label, option_file in (('Student alone', 'test_demo_student_alone_x2.yml'),
+                               ('MTKD student (stage 2)', 'test_demo_mtkd_x2.yml')):
+        options = read_option_file(f'{OPTIONS_DIR}/{option_file}')
+        mean = _metrics(root, options['name'])['mean']
+        rows.append((label, count_parameters(options['network_g']), mean['psnr'], mean['ssim']))
+    return rows
+
+
+def format_table(rows: list[tuple[str, int | None, float, float]], scale: int) -> str:
+    """Markdown: ``| Method | Parameters | PSNR (dB) | SSIM |`` on the demo validation set."""
+    lines = [f'| Method (x{scale}, demo validation set) | Parameters | PSNR (dB) | SSIM |', '|---|---:|---:|---:|']
+    for label, parameters, psnr, ssim in rows:
+        count = '-' if parameters is None else f'{parameters / 1e3:.1f}k'
+        lines.append(f'| {label} | {count} | {psnr:.3f} | {ssim:.4f} |')
+    return '\n'.join(lines)
+
+
+def format_timings(timings: list[StageTiming]) -> str:
+    """One line per stage: wall time and CPU time; then the totals."""
+    width = max(len(timing.title) for timing in timings + [StageTiming('stage', 0, 0)])
+    lines = [f'{"stage":<{width}}  {"wall":>8}  {"CPU":>8}']
+    lines += [f'{timing.title:<{width}}  {timing.seconds:7.1f}s  {timing.cpu_seconds:7.1f}s' for timing in timings]
+    lines.append(f'{"total":<{width}}  {sum(t.seconds for t in timings):7.1f}s  '
+                 f'{sum(t.cpu_seconds for t in timings):7.1f}s')
+    return '\n'.join(lines)
+
+
+class _Clock:
+    """Wall and CPU time since creation (CPU: this process and its finished subprocesses)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    def timing(self, title: str, command: str = '') -> StageTiming:
+        return StageTiming(title, time.perf_counter() - self.wall, self._cpu() - self.cpu, command)
+
+
+def make_figure(root: str, data_dir: str, bicubic_dir: str, output_path: str, scale: int) -> str:
+    """The comparison figure of :data:`mtkd.demo_data.FIGURE_CROP`: HR, bicubic, MT, student alone, MTKD student."""
+    from mtkd.demo_data import FIGURE_CROP
+    from mtkd.figures import find_result_image, make_comparison_figure
+
+    image, box = FIGURE_CROP
+
+    def saved(option_file: str) -> str:
+        name = read_option_file(f'{OPTIONS_DIR}/{option_file}')['name']
+        return find_result_image(os.path.join(root, 'results', name, 'visualization', VALIDATION_SET), image)
+
+    methods = {'Bicubic': os.path.join(bicubic_dir, f'{image}_bicubic.png'), 'MT (stage 1)': saved('test_demo_ka_x2.yml'),
+               'Student alone': saved('test_demo_student_alone_x2.yml'),
+               'MTKD student': saved('test_demo_mtkd_x2.yml')}
+    make_comparison_figure(os.path.join(data_dir, 'val', 'HR', f'{image}.png'), methods, box, scale, output_path,
+                           panel_height=192)
+    return output_path
+
+
+def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess', threads: int | None = None,
+             echo=print) -> DemoResult:
+    """Run every stage under ``root``, print progress, the table and the timings; return the result."""
+    from mtkd.demo_data import SCALE, prepare_demo_data
+
+    root = os.path.abspath(root)
+    results_dir = os.path.join(root, 'results', RESULTS_NAME)
+    timings: list[StageTiming] = []
+    removed = clean_previous_run(root)
+    if removed:
+        echo(f'removed {len(removed)} folder(s) of a previous demo run')
+
+    clock = _Clock()
+    data_dir, built = prepare_demo_data(root)
+    timings.append(clock.timing('data: crops of skimage photos, LR x2', 'python scripts/make_demo_data.py'))
+    echo(f'[data] {data_dir} ({"made" if built else "already complete"}, {timings[-1].seconds:.1f} s)')
+
+    for index, stage in enumerate(STAGES, 1):
+        overrides = quick_overrides(stage.option_file) if quick and stage.entry == 'train' else []
+        command = ' '.join(stage_command(stage, overrides))
+        echo(f'[{index}/{len(STAGES)}] {stage.title}\n      $ {command}')
+        log_path = os.path.join(results_dir, 'logs', f'{index:02d}_{stage.name}.log')
+        clock = _Clock()
+        run_stage(stage, root, overrides, log_path, mode, threads)
+        timings.append(clock.timing(stage.title, command))
+        echo(f'      done in {timings[-1].seconds:.1f} s (CPU {timings[-1].cpu_seconds:.1f} s)')
+
+    clock = _Clock()
+    bicubic = bicubic_images(data_dir, os.path.join(results_dir, 'bicubic'), SCALE)
+    rows = collect_rows(root, bicubic)
+    table = format_table(rows, SCALE)
+    figure_path = make_figure(root, data_dir, os.path.join(results_dir, 'bicubic'),
+                              os.path.join(results_dir, 'comparison.png'), SCALE)
+    timings.append(clock.timing('bicubic, table and figure'))
+
+    result = DemoResult(rows, table, figure_path, timings)
+    with open(os.path.join(results_dir, 'table.md'), 'w', encoding='utf-8') as handle:
+        handle.write(table + '\n')
+    summary = {'quick': quick, 'mode': mode, 'rows': [dict(zip(('label', 'parameters', 'psnr', 'ssim'), row))
+                                                      for row in rows],
+               'timings': [{'title': t.title, 'seconds': t.seconds, 'cpu_seconds': t.cpu_seconds, 'command': t.command}
+                           for t in timings]}
+    with open(os.path.join(results_dir, 'summary.json'), 'w', encoding='utf-8') as handle:
+        json.dump(summary, handle, indent=2)
+    echo('\n' + table + '\n')
+    echo(f'Figure: {figure_path}   (table: {os.path.join(results_dir, "table.md")}, logs: '
+         f'{os.path.join(results_dir, "logs")})\n')
+    echo('Time per stage (wall clock and CPU):\n' + format_timings(timings))
+    if quick:
+        echo('\nQUICK mode: every training ran a handful of iterations; the numbers only show that the chain works.')
+    if not all(math.isfinite(value) for row in rows for value in row[2:]):
+        raise DemoError('a metric in the table is not finite; see the logs')
+    return result
+
+
+__all__ = ['DemoError', 'DemoResult', 'DemoStage', 'QUICK_ITERATIONS', 'STAGES', 'StageTiming', 'bicubic_images',
+           'clean_previous_run', 'collect_rows', 'format_table', 'make_figure', 'quick_overrides', 'run_demo',
+           'run_stage', 'stage_command']
