@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SHARED ?= $(abspath ..)/shared
 PYTEST_WORKERS ?= 2
 
-.PHONY: install link-shared prepare-train291 test reproduce clean
+.PHONY: install link-shared prepare-train291 test demo reproduce clean
 
 $(VENV)/.installed: requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ prepare-train291: install link-shared
 test: install
 	@if [ -d "$(SHARED)" ]; then $(MAKE) --no-print-directory link-shared; fi
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+# The whole MTKD pipeline on embedded data (no download): three teachers, stage 1, stage 2, the student alone,
+# one table and results/demo/comparison.png (docs/demo.md). DEMO_QUICK=1: a few iterations per training.
+demo: install
+	$(PY) scripts/demo.py
 
 # Re-measure the README's reproduction table (about 10 minutes on 2 CPU cores).
 reproduce: install link-shared

@@ -53,11 +53,31 @@ def build_model(options: dict, device: str, precision: str, batch_size: int, lr_
     plain['path'].update(models='/tmp', training_states='/tmp', experiments_root='/tmp', pretrain_network_g=None)
     plain['logger']['loss_jsonl'] = False
     model = MODEL_REGISTRY.get(plain['model_type'])(plain)
-    scale = plain['scale']
-    generator = torch.Generator().manual_seed(0)
-    lq = torch.rand(batch_size, 3, lr_patch, lr_patch, generator=generator)
-    gt = torch.rand(batch_size, 3, lr_patch * scale, lr_patch * scale, generator=generator)
+    lq, gt = photo_batch(batch_size, lr_patch, plain['scale'])
     return model, lq.to(model.device), gt.to(model.device)
+
+
+def photo_batch(batch_size: int, lr_patch: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of real photos (scikit-image's bundled images) and their bicubic LR: networks trained on photos
+    can explode on uniform noise (PAN x4 reaches 1e20 on it), which would time the non-finite guard instead."""
+    import numpy as np
+    import torch.nn.functional as F
+    from skimage import data as skimage_data
+
+    names = ('astronaut', 'chelsea', 'coffee', 'rocket', 'immunohistochemistry', 'hubble_deep_field')
+    size = lr_patch * scale
+    crops = []
+    for index in range(batch_size):
+        image = getattr(skimage_data, names[index % len(names)])()
+        top = (index * 37) % max(image.shape[0] - size, 1)
+        left = (index * 53) % max(image.shape[1] - size, 1)
+        crop = np.ascontiguousarray(image[top:top + size, left:left + size, :3])
+        if crop.shape[:2] != (size, size):
+            raise ValueError(f'LR patch {lr_patch} x{scale} is larger than the bundled photos')
+        crops.append(torch.from_numpy(crop).permute(2, 0, 1).float() / 255)
+    gt = torch.stack(crops)
+    lq = F.interpolate(gt, scale_factor=1 / scale, mode='bicubic', antialias=True, align_corners=False).clamp(0, 1)
+    return lq, gt
 
 
 def _teacher_networks(model) -> list[torch.nn.Module]:

@@ -27,10 +27,13 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+import traceback
+import warnings
 from dataclasses import dataclass, field
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -75,7 +78,7 @@ STAGES = (
     DemoStage('test: student alone', 'test', f'{OPTIONS_DIR}/test_demo_student_alone_x2.yml'),
 )
 
-#: Table rows: (label, results name of the test stage, output in its metrics.json: None = the model's own).
+#: Row labels of the teachers, by their name in the ``teachers:`` list.
 TEACHER_LABELS = {'edsr': 'Teacher EDSR (CNN)', 'rfdn': 'Teacher RFDN (CNN)', 'swinir': 'Teacher SwinIR (transformer)'}
 
 
@@ -99,9 +102,6 @@ class DemoResult:
     figure_path: str
     timings: list[StageTiming] = field(default_factory=list)
 
-    def row(self, label: str) -> tuple[str, int | None, float, float]:
-        return next(row for row in self.rows if row[0] == label)
-
 
 def read_option_file(option_file: str) -> dict:
     import yaml
@@ -110,8 +110,8 @@ def read_option_file(option_file: str) -> dict:
         return yaml.safe_load(handle)
 
 
-def quick_overrides(option_file: str, iterations: int = QUICK_ITERATIONS) -> list[str]:
-    """``--force_yml`` entries that cut a training file to ``iterations`` (no learning-rate step, log every one)."""
+def quick_overrides(iterations: int = QUICK_ITERATIONS) -> list[str]:
+    """``--force_yml`` entries that cut a training file to ``iterations`` (no learning-rate step before the end)."""
     return [f'train:total_iter={iterations}', f'train:scheduler:milestones=[{iterations}]',
             f'logger:print_freq={iterations}']
 
@@ -173,6 +173,9 @@ def run_stage(stage: DemoStage, root: str, overrides: list[str], log_path: str, 
                 status = 0
             except SystemExit as error:
                 status = error.code if isinstance(error.code, int) else 1
+            except Exception:  # noqa: BLE001  (a crash inside a stage: its traceback goes to the stage's log)
+                log.write(traceback.format_exc())
+                status = 1
             finally:
                 sys.argv = saved_argv
                 _reset_basicsr_logger()
@@ -190,7 +193,7 @@ def run_stage(stage: DemoStage, root: str, overrides: list[str], log_path: str, 
         with open(log_path, encoding='utf-8', errors='replace') as handle:
             tail = ''.join(handle.readlines()[-25:])
         raise DemoError(f'{stage.title} failed (exit status {status}); command: '
-                        f'{" ".join(stage_command(stage, overrides))}\nlast lines of {log_path}:\n{tail}')
+                        f'{shlex.join(stage_command(stage, overrides))}\nlast lines of {log_path}:\n{tail}')
 
 
 def count_parameters(network_options: dict) -> int:
@@ -198,7 +201,9 @@ def count_parameters(network_options: dict) -> int:
     from basicsr.utils.registry import ARCH_REGISTRY
 
     arguments = dict(network_options)
-    network = ARCH_REGISTRY.get(arguments.pop('type'))(**arguments)
+    with warnings.catch_warnings():  # SwinIR's torch.meshgrid warning, printed in the middle of the table
+        warnings.simplefilter('ignore')
+        network = ARCH_REGISTRY.get(arguments.pop('type'))(**arguments)
     return sum(parameter.numel() for parameter in network.parameters())
 
 
@@ -299,8 +304,8 @@ def make_figure(root: str, data_dir: str, bicubic_dir: str, output_path: str, sc
         name = read_option_file(f'{OPTIONS_DIR}/{option_file}')['name']
         return find_result_image(os.path.join(root, 'results', name, 'visualization', VALIDATION_SET), image)
 
-    methods = {'Bicubic': os.path.join(bicubic_dir, f'{image}_bicubic.png'), 'MT (stage 1)': saved('test_demo_ka_x2.yml'),
-               'Student alone': saved('test_demo_student_alone_x2.yml'),
+    methods = {'Bicubic': os.path.join(bicubic_dir, f'{image}_bicubic.png'),
+               'MT (stage 1)': saved('test_demo_ka_x2.yml'), 'Student alone': saved('test_demo_student_alone_x2.yml'),
                'MTKD student': saved('test_demo_mtkd_x2.yml')}
     make_comparison_figure(os.path.join(data_dir, 'val', 'HR', f'{image}.png'), methods, box, scale, output_path,
                            panel_height=192)
@@ -325,8 +330,8 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
     echo(f'[data] {data_dir} ({"made" if built else "already complete"}, {timings[-1].seconds:.1f} s)')
 
     for index, stage in enumerate(STAGES, 1):
-        overrides = quick_overrides(stage.option_file) if quick and stage.entry == 'train' else []
-        command = ' '.join(stage_command(stage, overrides))
+        overrides = quick_overrides() if quick and stage.entry == 'train' else []
+        command = shlex.join(stage_command(stage, overrides))
         echo(f'[{index}/{len(STAGES)}] {stage.title}\n      $ {command}')
         log_path = os.path.join(results_dir, 'logs', f'{index:02d}_{stage.name}.log')
         clock = _Clock()

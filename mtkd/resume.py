@@ -114,15 +114,17 @@ class _Resumable:
             restore_rng_states(rng)
 
 
-def install() -> None:
-    """Put the resumable prefetchers into ``basicsr.train`` and catch Ctrl-C (called by the entry points only)."""
+def install():
+    """Put the resumable prefetchers into ``basicsr.train`` and catch Ctrl-C (called by the entry points only).
+
+    Returns the SIGINT handler it replaced, for the caller to restore when the run ends."""
     import basicsr.train as basicsr_train
     from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 
     LOOP.interrupted = False
-    signal.signal(signal.SIGINT, _sigint)
+    previous = signal.signal(signal.SIGINT, _sigint)
     if getattr(basicsr_train.CPUPrefetcher, '_mtkd_resumable', False):
-        return
+        return previous
 
     class ResumableCPUPrefetcher(_Resumable, CPUPrefetcher):
         _mtkd_resumable = True
@@ -140,3 +142,4 @@ def install() -> None:
 
     basicsr_train.CPUPrefetcher = ResumableCPUPrefetcher
     basicsr_train.CUDAPrefetcher = ResumableCUDAPrefetcher
+    return previous

@@ -143,3 +143,39 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     model.save(0, -1)
     assert sorted(os.listdir(tmp_path / 'models')) == ['net_g_3.pth', 'net_g_4.pth', 'net_g_latest.pth']
     assert sorted(os.listdir(tmp_path / 'states')) == ['3.state', '4.state']
+
+
+def test_validation_sends_the_first_images_to_tensorboard(tmp_path):
+    import cv2
+    import numpy as np
+    from basicsr.data import build_dataloader, build_dataset
+
+    folder = tmp_path / 'val'
+    (folder / 'HR').mkdir(parents=True)
+    (folder / 'LR').mkdir()
+    for index in range(3):
+        image = np.full((16, 16, 3), 40 * index, np.uint8)
+        cv2.imwrite(str(folder / 'HR' / f'im{index}.png'), image)
+        cv2.imwrite(str(folder / 'LR' / f'im{index}.png'), image[::2, ::2])
+    model = build(tmp_path, val={'val_freq': 1, 'tb_images': 2, 'metrics': {
+        'psnr': {'type': 'calculate_psnr', 'crop_border': 2, 'test_y_channel': True}}})
+    options = {'name': 'v', 'type': 'PairedImageDataset', 'dataroot_gt': str(folder / 'HR'),
+               'dataroot_lq': str(folder / 'LR'), 'io_backend': {'type': 'disk'}, 'phase': 'val', 'scale': SCALE}
+    loader = build_dataloader(build_dataset(options), options, num_gpu=0, dist=False)
+
+    class Recorder:
+        def __init__(self):
+            self.images, self.scalars = [], []
+
+        def add_image(self, tag, image, step):
+            self.images.append((tag, tuple(image.shape), step))
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append(tag)
+
+    recorder = Recorder()
+    model.validation(loader, 7, recorder, False)
+    # The first two images of the loader's order (BasicSR lists the folder unsorted).
+    assert len(recorder.images) == 2 and all(shape == (3, 16, 16) and step == 7 for _, shape, step in recorder.images)
+    assert {tag for tag, _, _ in recorder.images} < {'val/v/im0', 'val/v/im1', 'val/v/im2'}
+    assert 'metrics/v/psnr' in recorder.scalars

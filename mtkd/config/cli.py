@@ -186,8 +186,12 @@ def run_pipeline(pipeline, root_path: str) -> None:
     from mtkd.optimization import NonFiniteLossError
     from mtkd.weights import WeightLoadError
 
+    import signal
+
     install_into_basicsr()
-    resume.install()
+    previous_sigint = None
+    if getattr(pipeline, '__name__', '') == 'train_pipeline':  # exact resume and Ctrl-C: training only
+        previous_sigint = resume.install()
     try:
         pipeline(root_path)
     except (OptionError, WeightLoadError) as error:
@@ -196,3 +200,7 @@ def run_pipeline(pipeline, root_path: str) -> None:
     except NonFiniteLossError as error:
         print(f'mtkd: {error}', file=sys.stderr)
         raise SystemExit(3) from None
+    finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
+        resume.LOOP.on_interrupt = None

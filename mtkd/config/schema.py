@@ -154,6 +154,8 @@ class ValOptions(StrictBlock):
     pad_multiple: int | None = Field(default=None, ge=1, description='pad test inputs to this multiple '
                                      '(window size of window-attention networks), crop the output back')
     pad_mode: Literal['symmetric', 'reflect', 'replicate'] = 'symmetric'
+    tb_images: int = Field(default=3, ge=0, description='validation outputs of the first N images sent to '
+                           'TensorBoard at each validation (with use_tb_logger)')
 
 
 class WandbOptions(StrictBlock):

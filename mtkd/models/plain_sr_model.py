@@ -10,7 +10,13 @@ Differences from BasicSR's ``SRModel`` (everything else is inherited):
 - validation keeps per-image metric values, and in test mode writes ``results/<name>/metrics.json``
   (mean and per-image values for each dataset), so tables never parse logs. BasicSR's validation loop
   only keeps running sums, which is why :meth:`nondist_validation` is re-implemented here; subclasses add
-  rows (teachers, ensembles) through :meth:`extra_validation_outputs`.
+  rows (teachers, ensembles) through :meth:`extra_validation_outputs`;
+- one training step for every mtkd model: subclasses override :meth:`compute_losses` only; the update
+  (AMP, accumulation, clipping, the non-finite guard) is :class:`mtkd.optimization.OptimizerStep`; the speed
+  options ``channels_last``, ``compile`` and ``fast_matmul`` are applied at construction (docs/performance.md);
+- training states carry the random-generator states, so ``--auto_resume`` continues exactly; Ctrl-C saves a
+  resumable state; ``logger.keep_checkpoints`` keeps the newest N (:mod:`mtkd.resume`, docs/training.md);
+- DDP also on CPU processes (gloo), and an optional edge loss (``train.edge_opt``).
 """
 from __future__ import annotations
 
@@ -284,11 +290,15 @@ class PlainSRModel(SRModel):
             self._initialize_best_metric_results(dataset_name)
         progress = tqdm(total=len(dataloader), unit='image', desc=f'Validate {dataset_name}',
                         disable=not self.opt['val'].get('pbar', False))
-        for data in dataloader:
+        tb_images = int(self.opt['val'].get('tb_images', 3)) if tb_logger else 0
+        for index, data in enumerate(dataloader):
             image_name = os.path.splitext(os.path.basename(data.get('gt_path', data['lq_path'])[0]))[0]
             self.feed_data(data)
             self.test()
             outputs = {'result': self.output, **self.extra_validation_outputs()}
+            if index < tb_images:
+                tb_logger.add_image(f'val/{dataset_name}/{image_name}', self.output[0].detach().float().clamp(0, 1).cpu(),
+                                    current_iter)
             gt_image = tensor2img([self.gt.detach().cpu()]) if hasattr(self, 'gt') else None
             for label, output in outputs.items():
                 sr_image = tensor2img([output.detach().cpu()])
