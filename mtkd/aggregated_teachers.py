@@ -49,24 +49,41 @@ def aggregate_fingerprint_from_options(teachers: Sequence[Mapping], aggregator: 
     return aggregate_fingerprint(fingerprint_specs(specs), aggregator, sha)
 
 
+def load_frozen_aggregator(options: Mapping, ensemble: TeacherEnsemble, root: str | None = None,
+                           allow_random_weights: bool = False, logger: logging.Logger | None = None
+                           ) -> tuple[torch.nn.Module, str | None]:
+    """The stage-1 KA network of an ``aggregator:`` block, frozen three ways, on the teachers' device.
+
+    Its checkpoint must record the same teacher list as ``ensemble`` (order included) and loads strictly by default
+    (EMA weights first with ``param_key: auto``). Returns the network and the resolved weights path (None when,
+    with ``allow_random_weights`` for smoke tests, it keeps random weights).
+    """
+    from basicsr.archs import build_network
+
+    from mtkd.weights import load_weights
+
+    logger = logger or logging.getLogger('basicsr')
+    network = build_network(dict(options['network']))
+    weights = _resolve(options.get('weights'), root)
+    if weights is None or not os.path.isfile(weights):
+        where = 'aggregator.weights is not set' if weights is None else f'aggregator weights {weights} not found'
+        if not allow_random_weights:
+            raise ValueError(f'{where}: give the stage-1 checkpoint (experiments/<stage1 name>/models/'
+                             'net_g_latest.pth), trained with options/stage1_*.yml')
+        logger.warning(f'{where}; RANDOM aggregator weights (smoke test): its output means nothing.')
+        return freeze_network(network).to(ensemble.device), None
+    check_checkpoint_teachers(weights, ensemble, 'aggregator checkpoint', logger)
+    load_weights(network, weights, param_key=options.get('param_key', 'auto'),
+                 strict=options.get('strict_load', True), logger=logger)
+    return freeze_network(network).to(ensemble.device), weights
+
+
 class AggregatedTeachers:
     """``lq (B, 3, H, W)`` → ``[I_MT (B, 3, sH, sW)]``: the teachers, then the frozen aggregator, under no_grad."""
 
     def __init__(self, ensemble: TeacherEnsemble, aggregator: Mapping, root: str | None = None,
                  logger: logging.Logger | None = None):
-        from basicsr.archs import build_network
-
-        from mtkd.weights import load_weights
-
-        weights = _resolve(aggregator.get('weights'), root)
-        if weights is None or not os.path.isfile(weights):
-            raise FileNotFoundError(f'aggregator weights {weights} not found: train stage 1 first (the stage-1 '
-                                    'option file named in this file); I_MT cannot be cached without them')
-        check_checkpoint_teachers(weights, ensemble, 'aggregator checkpoint', logger)
-        network = build_network(dict(aggregator['network']))
-        load_weights(network, weights, param_key=aggregator.get('param_key', 'auto'),
-                     strict=aggregator.get('strict_load', True), logger=logger)
-        self.network = freeze_network(network).to(ensemble.device)
+        self.network, weights = load_frozen_aggregator(aggregator, ensemble, root, logger=logger)
         self.ensemble = ensemble
         self._fingerprint = aggregate_fingerprint(ensemble.fingerprint(), aggregator, file_sha256(weights))
 

@@ -59,7 +59,6 @@ class _LoopState:
     """What the patched prefetcher and the interrupt callback share within one training process."""
     pending: tuple[int, int, dict] | None = None      # (epoch, iteration, rng) of a resume not yet applied
     iterations_per_epoch: int | None = None
-    rng_before_fetch: dict | None = None
     interrupted: bool = False
     on_interrupt: Callable[[], None] | None = None
 
@@ -91,7 +90,7 @@ def register_interrupt(callback: Callable[[], None]) -> None:
 
 
 class _Resumable:
-    """Mixin for BasicSR's prefetchers: resume skipping, RNG snapshots before each fetch, Ctrl-C."""
+    """Mixin for BasicSR's prefetchers: resume skipping and Ctrl-C between iterations."""
 
     def _setup(self, loader) -> None:
         LOOP.iterations_per_epoch = len(loader)
@@ -99,7 +98,6 @@ class _Resumable:
     def next(self):
         if LOOP.interrupted and LOOP.on_interrupt is not None:
             LOOP.on_interrupt()
-        LOOP.rng_before_fetch = rng_states()
         return super().next()
 
     def reset(self):

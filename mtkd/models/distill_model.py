@@ -19,18 +19,17 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from mtkd.aggregated_teachers import load_frozen_aggregator
 from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import (FeatureLossOptions, LossOptions, NetworkOptions, SROptions, StrictBlock,
                                 TeacherOptions, register_model_options)
 from mtkd.feature_taps import FeatureTaps
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import check_checkpoint_teachers, ensemble_from_options, freeze_network
-from mtkd.weights import load_weights
+from mtkd.teachers import ensemble_from_options
 
 
 class AggregatorOptions(StrictBlock):
@@ -122,26 +121,8 @@ class DistillOptions(SROptions):
 class FrozenAggregator:
     """The stage-1 KA network, frozen three ways: ``(B, 3N, sH, sW)`` teacher outputs → ``I_MT``."""
 
-    def __init__(self, options: dict, teachers, device: torch.device, root: str | None = None,
-                 allow_random_weights: bool = False):
-        import os
-
-        self.network = build_network(dict(options['network']))
-        weights = options.get('weights')
-        if weights is not None and root is not None and not os.path.isabs(os.path.expanduser(weights)):
-            weights = os.path.join(root, weights)
-        if weights is None or not os.path.isfile(weights):
-            where = 'aggregator.weights is not set' if weights is None else f'aggregator weights {weights} not found'
-            if not allow_random_weights:
-                raise ValueError(f'{where}: give the stage-1 checkpoint (experiments/<stage1 name>/models/'
-                                 'net_g_latest.pth), trained with options/stage1_*.yml')
-            get_root_logger().warning(f'{where}; RANDOM aggregator weights (smoke test): its output means nothing.')
-            self.network = freeze_network(self.network).to(device)
-            return
-        check_checkpoint_teachers(weights, teachers, 'aggregator checkpoint', get_root_logger())
-        load_weights(self.network, weights, param_key=options.get('param_key', 'auto'),
-                     strict=options.get('strict_load', True), logger=get_root_logger())
-        self.network = freeze_network(self.network).to(device)
+    def __init__(self, options: dict, teachers, root: str | None = None, allow_random_weights: bool = False):
+        self.network, _ = load_frozen_aggregator(options, teachers, root, allow_random_weights, get_root_logger())
 
     def __call__(self, teacher_outputs: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -156,11 +137,10 @@ class DistillModel(PlainSRModel):
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
         self.teachers = ensemble_from_options(opt, device, get_root_logger())
         distill = opt['distill']
-        self.aggregator = (FrozenAggregator(opt['aggregator'], self.teachers, device, opt.get('root_path'),
+        self.aggregator = (FrozenAggregator(opt['aggregator'], self.teachers, opt.get('root_path'),
                                             allow_random_weights=bool(opt.get('allow_random_teachers', False)))
                            if distill['target'] == 'aggregate' else None)
         self.target_teacher = self.teachers.names.index(distill['teacher'] or self.teachers.names[0])
-        self._target_rows_done: set[str] = set()
         super().__init__(opt)
 
     def init_training_settings(self):
@@ -255,13 +235,7 @@ class DistillModel(PlainSRModel):
         return sum(terms.values())
 
     # ---- validation: the target's own score, once ---------------------------------------------------------
-    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
-        if self.opt['is_train'] and self._current_dataset in self._target_rows_done:
-            return {}
+    def reference_outputs(self) -> dict[str, torch.Tensor]:
         label = 'aggregate' if self.aggregator is not None else f'teacher_{self.teachers.names[self.target_teacher]}'
         return {label: self.distillation_target(self.lq)}
 
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._current_dataset = dataloader.dataset.opt['name']
-        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        self._target_rows_done.add(self._current_dataset)

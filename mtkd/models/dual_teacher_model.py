@@ -101,7 +101,6 @@ class DualTeacherModel(PlainSRModel):
         routing = dtkd.get('routing') or {}
         self.router = EntropyRouter(routing.get('threshold', 7.0), routing.get('mode', 'hard'),
                                     routing.get('temperature', 0.25), routing.get('window_size'))
-        self._teacher_rows_done: set[str] = set()
         super().__init__(opt)
 
     def init_training_settings(self):
@@ -142,13 +141,7 @@ class DualTeacherModel(PlainSRModel):
         return total + self.distillation_terms(self.output, teacher_outputs, self.gt, loss_dict)
 
     # ---- validation: both teachers' own scores, once per dataset ---------------------------------------
-    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
-        if self.opt['is_train'] and self._current_dataset in self._teacher_rows_done:
-            return {}
+    def reference_outputs(self) -> dict[str, torch.Tensor]:
         outputs = self.teachers.forward(self.lq)
         return {f'teacher_{name}': output for name, output in zip(self.teachers.names, outputs)}
 
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._current_dataset = dataloader.dataset.opt['name']
-        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        self._teacher_rows_done.add(self._current_dataset)

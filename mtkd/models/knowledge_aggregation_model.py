@@ -48,7 +48,6 @@ class KnowledgeAggregationModel(PlainSRModel):
     def __init__(self, opt):
         device = torch.device('cuda' if opt['num_gpu'] != 0 else 'cpu')
         self.teachers = ensemble_from_options(opt, device, get_root_logger())  # before SRModel loads a KA checkpoint: needed to check it
-        self._teacher_rows_done: set[str] = set()
         super().__init__(opt)
 
     # ---- checkpoints carry the teacher list -------------------------------------------------------------
@@ -82,15 +81,9 @@ class KnowledgeAggregationModel(PlainSRModel):
             self.output = network(self.teacher_stack)
         network.train(was_training)
 
-    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
-        """Each teacher and the teacher average, at the first validation of a dataset and in test runs."""
-        if self.opt['is_train'] and self._current_dataset in self._teacher_rows_done:
-            return {}
+    def reference_outputs(self) -> dict[str, torch.Tensor]:
+        """Each teacher and the teacher average."""
         outputs = dict(zip((f'teacher_{name}' for name in self.teachers.names), self.validation_teacher_outputs))
         outputs['teacher_average'] = self.teachers.average(self.validation_teacher_outputs)
         return outputs
 
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self._current_dataset = dataloader.dataset.opt['name']
-        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
-        self._teacher_rows_done.add(self._current_dataset)

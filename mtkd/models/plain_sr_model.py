@@ -10,7 +10,7 @@ Differences from BasicSR's ``SRModel`` (everything else is inherited):
 - validation keeps per-image metric values, and in test mode writes ``results/<name>/metrics.json``
   (mean and per-image values for each dataset), so tables never parse logs. BasicSR's validation loop
   only keeps running sums, which is why :meth:`nondist_validation` is re-implemented here; subclasses add
-  rows (teachers, ensembles) through :meth:`extra_validation_outputs`;
+  reference rows (teachers, ensembles, targets) through :meth:`reference_outputs`, scored once per dataset;
 - one training step for every mtkd model: subclasses override :meth:`compute_losses` only; the update
   (AMP, accumulation, clipping, the non-finite guard) is :class:`mtkd.optimization.OptimizerStep`; the speed
   options ``channels_last``, ``compile`` and ``fast_matmul`` are applied at construction (docs/performance.md);
@@ -267,9 +267,17 @@ class PlainSRModel(SRModel):
         network.train(was_training)
 
     # ---- validation with per-image records ---------------------------------------------------------------
-    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
-        """Other images to score beside the model's output, e.g. each teacher's (RGB [0, 1], ``(1, 3, H, W)``)."""
+    def reference_outputs(self) -> dict[str, torch.Tensor]:
+        """Reference images to score beside the model's output (teachers, their average, the distillation target),
+        RGB [0, 1], ``(1, 3, H, W)``, for the image just tested. They do not change during training, so
+        :meth:`extra_validation_outputs` asks for them at the first validation of each dataset only (every test run)."""
         return {}
+
+    def extra_validation_outputs(self) -> dict[str, torch.Tensor]:
+        """Other images to score beside the model's output: :meth:`reference_outputs`, once per dataset in training."""
+        if self.opt['is_train'] and self._current_dataset in getattr(self, '_reference_rows_done', set()):
+            return {}
+        return self.reference_outputs()
 
     def _save_validation_image(self, image, image_name, dataset_name, current_iter, label=None):
         suffix = self.opt['val'].get('suffix') or self.opt['name']
@@ -281,7 +289,7 @@ class PlainSRModel(SRModel):
         imwrite(image, path)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        dataset_name = dataloader.dataset.opt['name']
+        dataset_name = self._current_dataset = dataloader.dataset.opt['name']
         metric_options = self.opt['val'].get('metrics') or {}
         records: dict[str, dict[str, dict[str, float]]] = {}  # output label -> image -> metric -> value
         if metric_options:
@@ -317,6 +325,7 @@ class PlainSRModel(SRModel):
             del self.lq, self.output
             progress.update(1)
         progress.close()
+        self._reference_rows_done = getattr(self, '_reference_rows_done', set()) | {dataset_name}
         self.image_metric_results = records
         if not metric_options or 'result' not in records:
             return
