@@ -63,7 +63,8 @@ def load_frozen_aggregator(options: Mapping, ensemble: TeacherEnsemble, root: st
     from mtkd.weights import load_weights
 
     logger = logger or logging.getLogger('basicsr')
-    network = build_network(dict(options['network']))
+    with torch.random.fork_rng(devices=[]):  # leaves the student's initialisation unchanged (see TeacherEnsemble)
+        network = build_network(dict(options['network']))
     weights = _resolve(options.get('weights'), root)
     if weights is None or not os.path.isfile(weights):
         where = 'aggregator.weights is not set' if weights is None else f'aggregator weights {weights} not found'

@@ -18,6 +18,7 @@ butterfly: 28.60 dB tiled at 32/16 against 28.64 dB whole).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,41 @@ def model_spec_from_arch(network: Mapping | str, *, weights: str | None = None, 
                      param_key=param_key if param_key is not None else PARAM_KEY_AUTO,
                      key_format=key_format or 'basicsr', pad_multiple=pad_multiple, name=name or block['type'])
 
+
+
+def add_model_arguments(parser, arch_needs: str = '--weights') -> None:
+    """The command-line arguments that name a model (``--opt`` or ``--arch``, weights, key layout, scale), shared by
+    the scripts that load one (``scripts/infer.py``, ``scripts/export_model.py``)."""
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument('--opt', help='option file with network_g (and path.pretrain_network_g), e.g. '
+                                     'options/test_imdn_x4.yml')
+    model.add_argument('--arch', help='network block as JSON/YAML, e.g. \'{"type": "IMDN", "upscale": 4}\' '
+                                      f'(needs {arch_needs})')
+    parser.add_argument('--weights', default=None, help='checkpoint file (overrides path.pretrain_network_g)')
+    parser.add_argument('--param-key', default=None,
+                        help='key of the state dict in the checkpoint: auto (default), params, params_ema, none')
+    parser.add_argument('--key-format', default=None,
+                        help='key layout of the checkpoint (mtkd.weight_formats), default basicsr')
+    parser.add_argument('--scale', type=int, default=None,
+                        help="upscaling factor (default: the option file's scale or the network's upscale)")
+
+
+def model_spec_from_arguments(args, root: str | None, weights_optional: bool = False) -> ModelSpec:
+    """The :class:`ModelSpec` of arguments added by :func:`add_model_arguments` (``--param-key none``: the
+    checkpoint is a bare state dict). ``--arch`` needs ``--weights`` unless ``weights_optional``."""
+    from mtkd.config.cli import load_option_file
+
+    raw_state_dict = args.param_key is not None and args.param_key.lower() == 'none'
+    param_key = None if raw_state_dict else args.param_key  # None here: the option file's (or auto)
+    if args.opt:
+        spec = model_spec_from_options(load_option_file(args.opt), root=root, weights=args.weights,
+                                       param_key=param_key, key_format=args.key_format, scale=args.scale)
+    else:
+        if args.weights is None and not weights_optional:
+            raise ValueError('--arch needs --weights PATH')
+        spec = model_spec_from_arch(args.arch, weights=args.weights, param_key=param_key,
+                                    key_format=args.key_format, scale=args.scale)
+    return dataclasses.replace(spec, param_key=None) if raw_state_dict else spec
 
 def check_arch(arch: str) -> None:
     """A ValueError listing the registered archs when ``arch`` is not one of them."""

@@ -356,7 +356,10 @@ class TeacherEnsemble:
                 if key in spec.network and spec.network[key] != scale:
                     raise ValueError(f"teacher '{spec.name}': network {key} is {spec.network[key]} but the scale is "
                                      f'{scale}; use weights for x{scale} and set {key}: {scale}')
-            network = build_network(dict(spec.network))
+            # Built under a forked RNG: which teachers a run has must not change the student's initialisation,
+            # so methods compared from one seed start from the same student weights.
+            with torch.random.fork_rng(devices=[]):
+                network = build_network(dict(spec.network))
             weights_sha256 = self._load(network, spec, allow_random_weights)
             self._networks.append(freeze_network(network))
             self._fingerprints.append(spec_fingerprint(spec, weights_sha256))

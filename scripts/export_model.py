@@ -24,30 +24,18 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
-from mtkd.config.cli import load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
 from mtkd.export import (DEFAULT_CHECK_SIZES, DEFAULT_EXPORT_SIZE, DEFAULT_TOLERANCE, ONNX_OPSET,  # noqa: E402
                          ExportError, export_model, export_table)
-from mtkd.inference import model_spec_from_arch, model_spec_from_options  # noqa: E402
+from mtkd.inference import add_model_arguments, model_spec_from_arguments  # noqa: E402
 from mtkd.weights import WeightLoadError  # noqa: E402
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument('--opt', help='option file with network_g (and path.pretrain_network_g), e.g. '
-                                     'options/test_imdn_x4.yml')
-    model.add_argument('--arch', help='network block as JSON/YAML, e.g. \'{"type": "IMDN", "upscale": 4}\' '
-                                      '(needs --weights or --random-weights)')
-    parser.add_argument('--weights', default=None, help='checkpoint file (overrides path.pretrain_network_g)')
+    add_model_arguments(parser, arch_needs='--weights or --random-weights')
     parser.add_argument('--random-weights', action='store_true',
                         help='no checkpoint: export the random initialisation (to see whether an arch exports)')
-    parser.add_argument('--param-key', default=None,
-                        help='key of the state dict in the checkpoint: auto (default), params, params_ema, none')
-    parser.add_argument('--key-format', default=None,
-                        help='key layout of the checkpoint (mtkd.weight_formats), default basicsr')
-    parser.add_argument('--scale', type=int, default=None,
-                        help="upscaling factor (default: the option file's scale or the network's upscale)")
     parser.add_argument('--output', required=True,
                         help='output path without extension: writes <output>.safetensors and <output>.onnx')
     parser.add_argument('--export-size', type=int, nargs=2, default=list(DEFAULT_EXPORT_SIZE),
@@ -64,21 +52,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
-    raw_state_dict = args.param_key is not None and args.param_key.lower() == 'none'
-    param_key = None if raw_state_dict else args.param_key  # None here: the option file's (or auto)
     stem, extension = os.path.splitext(args.output)
     prefix = stem if extension in ('.onnx', '.safetensors') else args.output  # 'out.onnx' means 'out'
     try:
-        if args.opt:
-            spec = model_spec_from_options(load_option_file(args.opt), root=REPO_ROOT, weights=args.weights,
-                                           param_key=param_key, key_format=args.key_format, scale=args.scale)
-        else:
-            if args.weights is None and not args.random_weights:
-                raise ValueError('--arch needs --weights PATH (or --random-weights)')
-            spec = model_spec_from_arch(args.arch, weights=args.weights, param_key=param_key,
-                                        key_format=args.key_format, scale=args.scale)
-        if raw_state_dict:
-            spec = dataclasses.replace(spec, param_key=None)
+        spec = model_spec_from_arguments(args, REPO_ROOT, weights_optional=args.random_weights)
         if args.random_weights:
             if args.weights is not None:
                 raise ValueError('--random-weights and --weights exclude each other')

@@ -1,6 +1,8 @@
 """DistillModel: frozen teacher side, gradients from every loss term, the aggregator's checkpoint checks."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -36,13 +38,13 @@ def options(tmp_path, teachers, distill, aggregator=True):
     folder.mkdir(exist_ok=True)
     (folder / 'x.png').write_bytes(b'')
     plain = {'name': 'distill_unit', 'model_type': 'DistillModel', 'scale': SCALE, 'num_gpu': 0,
-             'teachers': teachers, 'distill': distill, 'network_g': STUDENT,
+             'teachers': copy.deepcopy(teachers), 'distill': distill, 'network_g': copy.deepcopy(STUDENT),
              'datasets': {'train': {'name': 't', 'type': 'PairedImageDataset', 'dataroot_gt': str(folder),
                                     'dataroot_lq': str(folder), 'gt_size': 16}},
              'train': {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [9]},
                        'total_iter': 2, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 0.1}}}
     if aggregator:
-        plain['aggregator'] = {'network': AGGREGATOR, 'weights': str(tmp_path / 'ka.pth')}
+        plain['aggregator'] = {'network': copy.deepcopy(AGGREGATOR), 'weights': str(tmp_path / 'ka.pth')}
     return plain
 
 
@@ -212,3 +214,39 @@ def test_dukd_zoom_out_needs_a_patch_divisible_twice(tmp_path, teacher_side):
     raw['datasets']['train']['gt_size'] = 14  # LR 7: cannot be shrunk by the scale 2 once more
     with pytest.raises(OptionError, match='gt_size must be a multiple of scale'):
         validate_options(raw, is_train=True)
+
+
+def test_the_student_starts_from_the_same_weights_whatever_the_teacher_side(tmp_path, teacher_side):
+    """Methods compared from one seed must start from one student: building teachers and the aggregator (which
+    draw random initial weights before theirs are loaded) must not move the global RNG."""
+    teachers, _ = teacher_side
+    starts = []
+    for raw in (options(tmp_path, teachers, MTKD),
+                options(tmp_path, teachers[1:], {'target': 'teacher', 'output_opt': MTKD['output_opt']},
+                        aggregator=False)):
+        torch.manual_seed(0)
+        starts.append(build(raw, tmp_path).net_g.state_dict())
+    torch.manual_seed(0)
+    alone = build_network(dict(STUDENT)).state_dict()
+    for start in starts:
+        assert all(torch.equal(start[name], alone[name]) for name in alone)
+
+
+@pytest.mark.parametrize('zoom_out_pixel_weight, warned', [(0.1, False), (5.0, True)])
+def test_dukd_warns_when_its_two_pixel_weights_differ(tmp_path, teacher_side, monkeypatch, zoom_out_pixel_weight,
+                                                      warned):
+    """DUKD weighs L_rec and the zoom-out pixel term with one lambda_pix; a file that sets them apart is told so."""
+    import mtkd.models.distill_model as distill_model
+
+    warnings = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return warnings.append if name == 'warning' else (lambda *args, **kwargs: None)
+
+    monkeypatch.setattr(distill_model, 'get_root_logger', lambda *args, **kwargs: Recorder())
+    teachers, _ = teacher_side
+    distill = {'target': 'teacher', 'teacher': 'a', 'output_opt': {'type': 'L1Loss', 'loss_weight': 1.0},
+               'dukd': {'zoom_out_pixel_weight': zoom_out_pixel_weight}}
+    build(options(tmp_path, teachers, distill, aggregator=False), tmp_path)  # pixel_opt.loss_weight is 0.1
+    assert any('zoom_out_pixel_weight is 5.0' in message for message in warnings) == warned

@@ -161,6 +161,12 @@ class DistillModel(PlainSRModel):
 
             arguments = dict(distill['dukd'])
             self.dukd_separate_step = arguments.pop('separate_step')
+            pixel_weight = (self.opt['train'].get('pixel_opt') or {}).get('loss_weight')
+            if pixel_weight is not None and arguments['zoom_out_pixel_weight'] != pixel_weight:
+                get_root_logger().warning(
+                    f"distill.dukd.zoom_out_pixel_weight is {arguments['zoom_out_pixel_weight']} but "
+                    f'train.pixel_opt.loss_weight is {pixel_weight}: DUKD weighs both pixel terms with one lambda_pix '
+                    '(docs/dukd.md); set them equal unless the difference is intended.')
             self.dukd = DUKDLoss(**arguments)
             self.dukd_generator = torch.Generator().manual_seed(int(self.opt.get('manual_seed') or 0))
         super().init_training_settings()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The small-setting comparison of issue 4 (docs/mtkd_stage2.md, "Small setting: results"): the EDSR-32x6 student
+# alone, with KD, AT, FAKD, DUKD (teacher RLFN), MTKD and the MTKD loss ablations v5/v6/v7, all from the same
+# initialisation (seed 0), on the same data and iterations, then one table on Set5, Set14 and BSD100.
+#
+#   bash scripts/light_comparison.sh evaluate     # re-evaluate the committed students (pretrained/mtkd/), ~2 min
+#   bash scripts/light_comparison.sh train        # train all nine (ITERS=1200: ~2 h on 2 CPU cores, JOBS=2 at once),
+#                                                 # evaluate them and print the table
+# Needs `make link-shared` (data, official teacher weights) and `make prepare-train291` for training.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+ITERS=${ITERS:-1200}
+JOBS=${JOBS:-2}
+mode=${1:-evaluate}
+# method -> training option file suffix ("" is MTKD itself)
+methods=(alone kd at fakd dukd mtkd v5_l1 v6_dct v7_highfreq)
+labels=("student alone" "KD (RLFN)" "AT (RLFN)" "FAKD (RLFN)" "DUKD (RLFN)" "MTKD (wavelet, I_MT)"
+        "MTKD v5 (L1, I_MT)" "MTKD v6 (DCT, I_MT)" "MTKD v7 (high-freq. wavelet, I_MT)")
+
+train_one() {  # $1: method
+  local method=$1 suffix=_$1
+  [ "$method" = mtkd ] && suffix=
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" mtkd/train.py -opt "options/stage2_light_edsr32_x4$suffix.yml" \
+    --force_yml "name=stage2_light_edsr32_x4${suffix}_cpu$ITERS" "train:total_iter=$ITERS" \
+    "train:scheduler:milestones=[$((ITERS * 2 / 3)),$((ITERS * 5 / 6))]" val:val_freq=100000 \
+    "logger:save_checkpoint_freq=$((ITERS / 2))" channels_last=true \
+    > "/tmp/mtkd_light_$method.log" 2>&1 || { echo "training $method failed: see /tmp/mtkd_light_$method.log"; return 1; }
+}
+export -f train_one
+export PY ITERS
+
+case "$mode" in
+  train)
+    printf '%s\n' dukd fakd at mtkd kd alone v5_l1 v6_dct v7_highfreq | xargs -P "$JOBS" -I{} bash -c 'train_one {}'
+    ;;
+  evaluate) ;;
+  *) echo "usage: $0 evaluate|train" >&2; exit 2 ;;
+esac
+
+results=()
+for i in "${!methods[@]}"; do
+  method=${methods[$i]}
+  if [ "$mode" = evaluate ] && [ ! -f "options/test_light_edsr32_x4_$method.yml" ]; then
+    echo "skip $method: no committed student (options/test_light_edsr32_x4_$method.yml)"; continue
+  fi
+  suffix=_$method
+  [ "$method" = mtkd ] && suffix=
+  overrides=()
+  if [ "$mode" = train ]; then
+    overrides=(--force_yml "path:pretrain_network_g=experiments/stage2_light_edsr32_x4${suffix}_cpu$ITERS/models/net_g_$ITERS.pth"
+               "name=test_light_edsr32_x4_${method}_cpu$ITERS")
+    out=results/test_light_edsr32_x4_${method}_cpu$ITERS
+  else
+    out=results/test_light_edsr32_x4_$method
+  fi
+  "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" "${overrides[@]}" \
+    > "/tmp/mtkd_test_light_$method.log" 2>&1 || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
+  results+=("$out=${labels[$i]}")
+done
+"$PY" scripts/make_table.py "${results[@]}" --digits 3
