@@ -150,7 +150,6 @@ def model_spec_from_arch(network: Mapping | str, *, weights: str | None = None, 
                      key_format=key_format or 'basicsr', pad_multiple=pad_multiple, name=name or block['type'])
 
 
-
 def add_model_arguments(parser, arch_needs: str = '--weights') -> None:
     """The command-line arguments that name a model (``--opt`` or ``--arch``, weights, key layout, scale), shared by
     the scripts that load one (``scripts/infer.py``, ``scripts/export_model.py``)."""
@@ -184,6 +183,7 @@ def model_spec_from_arguments(args, root: str | None, weights_optional: bool = F
         spec = model_spec_from_arch(args.arch, weights=args.weights, param_key=param_key,
                                     key_format=args.key_format, scale=args.scale)
     return dataclasses.replace(spec, param_key=None) if raw_state_dict else spec
+
 
 def check_arch(arch: str) -> None:
     """A ValueError listing the registered archs when ``arch`` is not one of them."""
