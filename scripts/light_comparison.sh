@@ -46,15 +46,17 @@ for i in "${!methods[@]}"; do
   fi
   suffix=_$method
   [ "$method" = mtkd ] && suffix=
+  test_file=options/test_light_edsr32_x4_$method.yml
   overrides=()
   if [ "$mode" = train ]; then
+    test_file=options/test_light_edsr32_x4_mtkd.yml  # the test files differ only in name and weights
     overrides=(--force_yml "path:pretrain_network_g=experiments/stage2_light_edsr32_x4${suffix}_cpu$ITERS/models/net_g_$ITERS.pth"
                "name=test_light_edsr32_x4_${method}_cpu$ITERS")
     out=results/test_light_edsr32_x4_${method}_cpu$ITERS
   else
     out=results/test_light_edsr32_x4_$method
   fi
-  "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" "${overrides[@]}" \
+  "$PY" mtkd/test.py -opt "$test_file" "${overrides[@]}" \
     > "/tmp/mtkd_test_light_$method.log" 2>&1 || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
   results+=("$out=${labels[$i]}")
 done

@@ -1,6 +1,7 @@
 """Shared fixtures: paths to linked data and weights, skipping with a reason when they are absent."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -16,6 +17,14 @@ torch.set_num_threads(1)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = os.path.join(REPO_ROOT, 'datasets')
 OFFICIAL_WEIGHTS = os.path.join(REPO_ROOT, 'pretrained', 'official')
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (scripts/ is not a package) to call its ``main(argv)`` in-process."""
+    spec = importlib.util.spec_from_file_location(f'script_{name}', os.path.join(REPO_ROOT, 'scripts', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def dataset_dir(name: str) -> str:

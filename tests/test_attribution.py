@@ -2,7 +2,6 @@
 scripts/teacher_attribution.py: known answers on constructed aggregators, LAM's definitions, the command line."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 
@@ -17,7 +16,7 @@ from mtkd.attribution import (METHODS, blur_path_kernels, diffusion_index, gini_
                               teacher_attribution)
 from mtkd.teachers import TeacherMismatchError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_ROOT, load_script
 FAST = {'fold': 12}  # path steps for the tests (LAM: 50); the known answers below do not depend on it
 
 
@@ -200,13 +199,6 @@ def test_bad_arguments_are_refused_with_the_argument_named():
 
 
 # ---- the command line --------------------------------------------------------------------------------------------
-def _load_script():
-    spec = importlib.util.spec_from_file_location('teacher_attribution',
-                                                  os.path.join(REPO_ROOT, 'scripts', 'teacher_attribution.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope='module')
 def tiny_setup(tmp_path_factory):
@@ -245,7 +237,7 @@ def tiny_setup(tmp_path_factory):
 
 @pytest.mark.parametrize('method', ['lam', 'gradient'])
 def test_script_end_to_end(tiny_setup, capsys, method):
-    script = _load_script()
+    script = load_script('teacher_attribution')
     output = tiny_setup['folder'] / f'figure_{method}.png'
     code = script.main(['-opt', tiny_setup['options'], '--ka-weights', tiny_setup['ka'], '--image', tiny_setup['lr'],
                         '--hr', tiny_setup['hr'], '--region', '6', '8', '5', '7', '--method', method, '--fold', '4',
@@ -262,7 +254,7 @@ def test_script_end_to_end(tiny_setup, capsys, method):
 
 
 def test_script_refuses_without_ka_weights(tiny_setup, capsys):
-    script = _load_script()
+    script = load_script('teacher_attribution')
     with pytest.raises(SystemExit) as raised:
         script.main(['-opt', tiny_setup['options'], '--image', tiny_setup['lr'], '--region', '0', '0', '4', '4'])
     assert raised.value.code == 2
@@ -270,7 +262,7 @@ def test_script_refuses_without_ka_weights(tiny_setup, capsys):
 
 
 def test_script_refuses_a_ka_checkpoint_of_other_teachers(tiny_setup, tmp_path):
-    script = _load_script()
+    script = load_script('teacher_attribution')
     with pytest.raises(TeacherMismatchError, match='order matters'):
         script.main(['-opt', tiny_setup['options'], '--ka-weights', tiny_setup['swapped'], '--image', tiny_setup['lr'],
                      '--region', '0', '0', '4', '4', '--output', str(tmp_path / 'never.png')])
@@ -302,12 +294,13 @@ def test_script_on_the_real_teachers_with_a_mean_aggregator(tmp_path, capsys):
                 'teachers': fingerprint_specs(teacher_specs_from_options(options['teachers'], root=REPO_ROOT))},
                ka_path)
     output = tmp_path / 'eye_attribution.png'
-    assert _load_script().main(['-opt', option_path, '--ka-weights', str(ka_path), '--image', str(lr_path),
-                                '--region', '30', '30', '24', '24', '--method', 'gradient', '--device', 'cpu',
-                                '--output', str(output)]) == 0
+    script = load_script('teacher_attribution')
+    assert script.main(['-opt', option_path, '--ka-weights', str(ka_path), '--image', str(lr_path),
+                        '--region', '30', '30', '24', '24', '--method', 'gradient', '--device', 'cpu',
+                        '--output', str(output)]) == 0
     printed = capsys.readouterr().out
     shares = dict(re.findall(r'^(imdn|rlfn|pan|rfdn_aim)\s+([0-9.]+)\s', printed, flags=re.MULTILINE))
     assert sorted(shares) == ['imdn', 'pan', 'rfdn_aim', 'rlfn']
     for share in shares.values():
         assert float(share) == pytest.approx(0.25, abs=0.01)
-    assert cv2.imread(str(output)).shape == (2 * (128 + _load_script().LABEL_HEIGHT), 6 * 128, 3)
+    assert cv2.imread(str(output)).shape == (2 * (128 + script.LABEL_HEIGHT), 6 * 128, 3)

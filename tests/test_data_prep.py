@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import importlib.util
 import io
 import os
 import shutil
@@ -16,18 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, dataset_dir
+from conftest import dataset_dir, load_script
 from mtkd import data_prep, download
 from mtkd.data_prep import Div2kLayout, PreparationError, subimage_positions
 from mtkd.transforms.matlab_resize import imresize, modcrop
-
-
-def _load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package) to call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -41,7 +32,7 @@ def test_prepare_benchmark_reproduces_published_lr(tmp_path):
     for name, root in sources.items():
         shutil.copy(os.path.join(root, 'HR', f'{name}.png'), hr_dir / f'{name}.png')
 
-    script = _load_script('prepare_benchmark')
+    script = load_script('prepare_benchmark')
     assert script.main(['--hr-dir', str(hr_dir), '--out-dir', str(tmp_path / 'out'), '--name', 'Mini',
                         '--scales', '2', '3', '4', '--no-progress']) == 0
 
@@ -70,7 +61,7 @@ def test_prepare_benchmark_clear_errors(tmp_path, capsys):
     broken.mkdir()
     cv2.imwrite(str(broken / 'good.png'), np.zeros((8, 8, 3), np.uint8))
     (broken / 'bad.png').write_bytes(b'definitely not a png')
-    script = _load_script('prepare_benchmark')
+    script = load_script('prepare_benchmark')
     assert script.main(['--hr-dir', str(broken), '--out-dir', str(tmp_path / 'out'), '--name', 'Broken',
                         '--no-progress']) == 1
     assert 'bad.png' in capsys.readouterr().err
@@ -146,7 +137,7 @@ def test_div2k_download_checksum_extraction_and_aligned_subimages(tmp_path, serv
     with pytest.raises(download.ChecksumError):
         data_prep.download_div2k('train', str(root), url=url, sha256='0' * 64, progress=False)
     assert not (root / 'DIV2K_train_HR.zip').exists()
-    script = _load_script('prepare_div2k')
+    script = load_script('prepare_div2k')
     assert script.main(['--root', str(root), '--splits', 'train', '--url', url, '--sha256', 'f' * 64,
                         '--no-progress']) == 1
     assert 'sha256 mismatch' in capsys.readouterr().err

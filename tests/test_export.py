@@ -21,7 +21,7 @@ from mtkd.inference import ModelSpec, build_network, model_spec_from_arch
 from mtkd.transforms.padding import run_padded
 from mtkd.weights import load_weights
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_script
 TOLERANCE = 1e-4
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2,
              'img_range': 255.0, 'rgb_mean': [0.4488, 0.4371, 0.404]}
@@ -53,14 +53,6 @@ def random_network(block: dict, seed: int) -> torch.nn.Module:
 def write_checkpoint(network: torch.nn.Module, path) -> str:
     torch.save({'params': network.state_dict()}, str(path))
     return str(path)
-
-
-def load_export_script():
-    spec = importlib.util.spec_from_file_location('export_model',
-                                                  os.path.join(REPO_ROOT, 'scripts', 'export_model.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @requires_onnx
@@ -164,7 +156,7 @@ def test_frozen_size_branch_is_caught(tmp_path):
 @requires_onnx
 def test_arch_that_cannot_export_names_the_arch(tmp_path, capsys):
     """LBNet folds its 3x3 tokens back with F.fold (aten::col2im), which opset 17 cannot express."""
-    script = load_export_script()
+    script = load_script('export_model')
     block = ('{"type": "LBNet", "num_feat": 16, "num_heads": 2, "attention_reduction": 1, "upscale": 2, '
              '"img_range": 1.0}')
     status = script.main(['--arch', block, '--random-weights', '--output', str(tmp_path / 'lbnet')])
@@ -180,7 +172,7 @@ def test_arch_that_cannot_export_names_the_arch(tmp_path, capsys):
 
 @requires_onnx
 def test_script_writes_both_files_and_fails_on_tolerance(tmp_path, capsys):
-    script = load_export_script()
+    script = load_script('export_model')
     network = random_network(TINY_EDSR, seed=7)
     weights = write_checkpoint(network, tmp_path / 'edsr.pth')
     arch = ('{"type": "EDSR", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1, "upscale": 2, '

@@ -2,9 +2,6 @@
 the saved PNG has the computed layout and holds the enlarged crops where the layout says."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import cv2
 import numpy as np
 import pytest
@@ -12,17 +9,10 @@ import pytest
 from mtkd.evaluation import read_image, score_images
 from mtkd.figures import comparison_panels, compose_figure, figure_layout, find_result_image, score_caption
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_script
+
 SCALE = 4
 BOX = (10, 6, 12, 8)  # x, y, width, height
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('compare_figure',
-                                                  os.path.join(REPO_ROOT, 'scripts', 'compare_figure.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def images(seed: int = 0):
@@ -90,7 +80,7 @@ def test_script_writes_png(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / 'blurred.png'), methods['Blurred'])
     assert find_result_image(str(tmp_path / 'noisy'), 'birdx4').endswith('birdx4_EDSR_x4.png')
     output = tmp_path / 'figure.png'
-    script = load_script()
+    script = load_script('compare_figure')
     assert script.main(['--hr', str(tmp_path / 'bird.png'), '--box', *map(str, BOX), '--scale', str(SCALE),
                         '--method', f"Blurred={tmp_path / 'blurred.png'}", '--results-dir', str(tmp_path / 'noisy'),
                         '--output', str(output), '--panel-height', '40']) == 0

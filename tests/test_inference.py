@@ -7,7 +7,6 @@ window-attention networks; those are not used for the equality test.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import cv2
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import dataset_dir, official_weight
+from conftest import dataset_dir, load_script, official_weight
 
 from mtkd.evaluation import ImageReadError, image_to_tensor, mean_score, read_image, score_images, tensor_to_image
 from mtkd.inference import (ModelSpec, build_network, list_images, load_model, model_spec_from_arch,
@@ -30,13 +29,6 @@ SCALE = 2
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE,
              'img_range': 1.0}
 RECEPTIVE_RADIUS = 6
-
-
-def load_infer_script():
-    spec = importlib.util.spec_from_file_location('infer', os.path.join(REPO_ROOT, 'scripts', 'infer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def random_edsr(seed: int = 0, **overrides) -> torch.nn.Module:
@@ -136,7 +128,7 @@ def test_spec_from_option_file_and_scale_checks(tmp_path):
 
 
 def test_script_end_to_end(tmp_path, capsys):
-    script = load_infer_script()
+    script = load_script('infer')
     network = random_edsr(seed=7)
     weights = save_checkpoint(network, tmp_path / 'edsr.pth')
     inputs = tmp_path / 'lr'

@@ -2,7 +2,6 @@
 matmuls seen only by FlopCounterMode, IMDN's published size, the table. Wall-clock times are never asserted."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -13,16 +12,8 @@ from torch import nn
 from mtkd.inference import build_network
 from mtkd.profiling import count_macs, count_parameters, format_count, profile_network, profile_table
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO_ROOT, load_script
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2}
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('profile_models',
-                                                  os.path.join(REPO_ROOT, 'scripts', 'profile_models.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize('counter', ['flop_counter', 'hooks'])
@@ -90,7 +81,7 @@ def test_profile_row_pads_and_table():
 def test_script(tmp_path, capsys):
     option_file = tmp_path / 'tiny_edsr.yml'
     option_file.write_text(yaml.safe_dump({'name': 'ignored', 'scale': 2, 'network_g': TINY_EDSR}))
-    script = load_script()
+    script = load_script('profile_models')
     arch = '{"type": "IMDN", "num_feat": 16, "num_block": 1, "upscale": 3}'
     assert script.main([str(option_file), '--arch', arch, '--input-size', '12', '10', '--runs', '1',
                         '--warmup', '0', '--device', 'cpu']) == 0

@@ -35,14 +35,9 @@ def test_table_rows_columns_and_rounding(tmp_path):
 
 
 def test_script_prints_and_writes_the_table(tmp_path, capsys):
-    import importlib.util
-    import os
+    from conftest import load_script
 
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location('make_table', os.path.join(REPO_ROOT, 'scripts', 'make_table.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script('make_table')
     folder = write_metrics(tmp_path / 'r', 'x', {'Set5': (30.123456, 0.8)})
     assert module.main([f'{folder}=Mine', '--digits', '3', '--output', str(tmp_path / 't.md')]) == 0
     assert '| Mine | x4 | 30.123/0.8000 |' in capsys.readouterr().out

@@ -1,7 +1,6 @@
 """Teacher-output cache and TeacherPairedImageDataset: exact outputs, keys, resume, crop/flip alignment."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -25,7 +24,7 @@ from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_
 from mtkd.teacher_cache import TeacherCacheError, TeacherOutputCache, dataset_key, image_stem
 from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, TeacherSpec, teacher_specs_from_options
 
-from conftest import REPO_ROOT, dataset_dir, official_weight
+from conftest import dataset_dir, load_script, official_weight
 
 SCALE = 2
 GT_SIZE = 16
@@ -362,10 +361,7 @@ def test_option_schema_and_script(folders, specs, tmp_path, capsys):
                'datasets': {'train': dict(block, teacher_cache_root=folders['root'])}}
     option_file = tmp_path / 'stage1.yml'
     option_file.write_text(yaml.safe_dump(options))
-    script = importlib.util.spec_from_file_location('build_teacher_cache',
-                                                    os.path.join(REPO_ROOT, 'scripts', 'build_teacher_cache.py'))
-    module = importlib.util.module_from_spec(script)
-    script.loader.exec_module(module)
+    module = load_script('build_teacher_cache')
     assert module.main(['-opt', str(option_file), '--device', 'cpu', '--no-progress']) == 0
     printed = capsys.readouterr().out
     assert '5 images computed, 0 reused' in printed

@@ -2,7 +2,6 @@
 and NIQE against mtkd.evaluation and BasicSR called directly, and the script's error on missing weights."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 from basicsr.metrics import calculate_niqe
 
-from conftest import REPO_ROOT, dataset_dir
+from conftest import dataset_dir, load_script
 from mtkd.evaluation import image_to_tensor, read_image, score_images, tensor_to_image
 from mtkd.teacher_report import (TeacherReportRow, false_texture_energy, niqe_score, report_markdown,
                                  report_teachers)
@@ -176,14 +175,6 @@ def test_markdown_table_columns_and_formatting():
         '| rlfn | x4 | 32.24/0.8953 | - | 0.0988 | - | - | - |'])
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('teacher_report_script',
-                                                  os.path.join(REPO_ROOT, 'scripts', 'teacher_report.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('layout', ['teachers', 'test_file'])
 def test_script_names_the_missing_weights_file(tmp_path, capsys, layout):
     missing = tmp_path / 'pretrained' / 'IMDN_x2_missing.pth'
@@ -195,7 +186,7 @@ def test_script_names_the_missing_weights_file(tmp_path, capsys, layout):
     option_file = tmp_path / 'options.yml'
     option_file.write_text(yaml.safe_dump(options))
     set_dir = write_benchmark(tmp_path / 'Tiny', [(16, 16)])
-    exit_code = load_script().main(['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe'])
+    exit_code = load_script('teacher_report').main(['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe'])
     error = capsys.readouterr().err
     assert exit_code == 2
     assert str(missing) in error and 'not found' in error and 'make link-shared' in error
