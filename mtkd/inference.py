@@ -165,6 +165,7 @@ def add_model_arguments(parser, arch_needs: str = '--weights') -> None:
                         help='key layout of the checkpoint (mtkd.weight_formats), default basicsr')
     parser.add_argument('--scale', type=int, default=None,
                         help="upscaling factor (default: the option file's scale or the network's upscale)")
+    parser.set_defaults(arch_needs=arch_needs)  # for the error of model_spec_from_arguments
 
 
 def model_spec_from_arguments(args, root: str | None, weights_optional: bool = False) -> ModelSpec:
@@ -179,7 +180,7 @@ def model_spec_from_arguments(args, root: str | None, weights_optional: bool = F
                                        param_key=param_key, key_format=args.key_format, scale=args.scale)
     else:
         if args.weights is None and not weights_optional:
-            raise ValueError('--arch needs --weights PATH')
+            raise ValueError(f"--arch needs {getattr(args, 'arch_needs', '--weights')}")
         spec = model_spec_from_arch(args.arch, weights=args.weights, param_key=param_key,
                                     key_format=args.key_format, scale=args.scale)
     return dataclasses.replace(spec, param_key=None) if raw_state_dict else spec

@@ -5,7 +5,7 @@
 # trained ITERS iterations (lr 2e-4 halved at 2/3 and 5/6 of ITERS) from seed 0, then scored on Set5, Set14 and
 # BSD100 with each one's teachers and their plain average, as one table (scripts/make_table.py).
 #
-#   bash scripts/ka_light_ablation.sh train       # trains all six (ITERS=1200: ~40 min each on one CPU core,
+#   bash scripts/ka_light_ablation.sh train       # trains all six (ITERS=1200: 15-40 min each on one CPU core,
 #                                                 # JOBS=2 at once), evaluates them and prints the table
 #   bash scripts/ka_light_ablation.sh evaluate    # evaluates runs already under experiments/ and prints the table
 #   VARIANTS="base no_dct" bash scripts/ka_light_ablation.sh train   # a subset

@@ -170,6 +170,13 @@ def test_arch_that_cannot_export_names_the_arch(tmp_path, capsys):
         export_model(model_spec_from_arch(block), str(tmp_path / 'again'), allow_random_weights=True)
 
 
+def test_arch_without_weights_is_refused_naming_both_ways_out(tmp_path, capsys):
+    script = load_script('export_model')
+    status = script.main(['--arch', '{"type": "IMDN", "upscale": 4}', '--output', str(tmp_path / 'imdn')])
+    assert status != 0
+    assert '--arch needs --weights or --random-weights' in capsys.readouterr().err
+
+
 @requires_onnx
 def test_script_writes_both_files_and_fails_on_tolerance(tmp_path, capsys):
     script = load_script('export_model')
