@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtkd.error_correlation import ErrorCorrelation
 from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
 from mtkd.tables import dataset_columns, format_cell
 from mtkd.teachers import TeacherEnsemble, TeacherSpec, run_tiled, teacher_specs_from_options
@@ -173,14 +174,16 @@ def _nan_mean(values: Sequence[float]) -> float:
 @torch.no_grad()
 def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], scale: int, niqe: bool = True,
                     tile_size: int | None = None, tile_overlap: int = 16, flat_threshold: float = FLAT_THRESHOLD,
-                    logger: logging.Logger | None = None) -> list[TeacherReportRow]:
+                    logger: logging.Logger | None = None,
+                    error_correlation: ErrorCorrelation | None = None) -> list[TeacherReportRow]:
     """PSNR/SSIM, NIQE and false texture of each teacher on each benchmark set; one row per (teacher, set).
 
     ``networks``: name → network taking RGB ``(1, 3, h, w)`` in [0, 1] (on its parameters' device) and returning
     ``(1, 3, s h, s w)``. ``set_dirs``: folders laid out as :func:`mtkd.evaluation.benchmark_pairs` expects (the
     set is named after the folder). Every measure is taken on the uint8 image :func:`tensor_to_image` makes of
     the output, with ``crop_border = scale``; PSNR/SSIM are :func:`mtkd.evaluation.score_images`. ``tile_size``:
-    run on tiles of this many LR pixels (:func:`mtkd.teachers.run_tiled`) to bound memory.
+    run on tiles of this many LR pixels (:func:`mtkd.teachers.run_tiled`) to bound memory. ``error_correlation``:
+    also feed every teacher's image to this accumulator (:mod:`mtkd.error_correlation`), set by set.
     """
     if not networks:
         raise ValueError('networks is empty: give at least one teacher (name -> network)')
@@ -192,10 +195,11 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
         for image_name, hr_path, lr_path in benchmark_pairs(set_dir, scale):
             hr_bgr = read_image(hr_path)
             lr = image_to_tensor(read_image(lr_path))
+            outputs = {}
             for name, network in networks.items():
                 device = _network_device(network)
                 output = run_tiled(lambda images: [network(images)], lr.to(device), scale, tile_size, tile_overlap)[0]
-                sr_bgr = tensor_to_image(output)
+                sr_bgr = outputs[name] = tensor_to_image(output)
                 score = score_images(sr_bgr, hr_bgr, scale)
                 height, width = sr_bgr.shape[:2]
                 texture = false_texture_energy(image_to_tensor(sr_bgr), image_to_tensor(hr_bgr[:height, :width]),
@@ -204,6 +208,8 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
                     'psnr': score.psnr, 'ssim': score.ssim,
                     'niqe': niqe_score(sr_bgr, scale) if niqe else None,
                     'false_texture': float(texture.energy[0]), 'flat_fraction': float(texture.flat_fraction[0])}
+            if error_correlation is not None:
+                error_correlation.add(os.path.basename(os.path.normpath(set_dir)), outputs, hr_bgr, scale)
             logger.debug(f'{os.path.basename(set_dir)}/{image_name} done')
     rows = []
     for name in networks:

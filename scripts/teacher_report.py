@@ -4,6 +4,7 @@ NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown t
 
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --sets Set5 Set14 BSD100 --scale 4
     python scripts/teacher_report.py --opt options/test_imdn_x4.yml --sets Set5 --no-niqe --json report.json
+    python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --error-correlation
 
 ``--opt``: an option file with a ``teachers:`` list (name, network, weights), or a test option file
 (``network_g`` + ``path.pretrain_network_g``). Relative weights and set names are taken from the repository root
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
 from mtkd.config.cli import load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
+from mtkd.error_correlation import ErrorCorrelation, correlation_markdown  # noqa: E402
 from mtkd.teacher_report import (FLAT_THRESHOLD, networks_from_option_file, report_markdown,  # noqa: E402
                                  report_teachers)
 from mtkd.teachers import TeacherWeightsError  # noqa: E402
@@ -37,6 +39,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
                         help='benchmark sets under datasets/ (or paths), default Set5 Set14 BSD100')
     parser.add_argument('--scale', type=int, default=None, help="upscaling factor (default: the option file's scale)")
     parser.add_argument('--no-niqe', action='store_true', help='skip NIQE (the slowest measure)')
+    parser.add_argument('--error-correlation', action='store_true',
+                        help='also print the correlation of the teachers\' Y errors per set (how much they overlap: '
+                             'what a fusion of them can gain; mtkd/error_correlation.py)')
     parser.add_argument('--flat-threshold', type=float, default=FLAT_THRESHOLD,
                         help=f'false texture: GT high-frequency energy below which a pixel is flat, grey levels '
                              f'(default {FLAT_THRESHOLD})')
@@ -64,15 +69,25 @@ def main(argv=None) -> int:
             raise ValueError(f"--scale {scale} but {args.opt} is for x{options['scale']}: use its scale or an option "
                              f'file for x{scale}')
         networks = networks_from_option_file(options, scale, root=REPO_ROOT, device=args.device, logger=logger)
+        correlation = ErrorCorrelation() if args.error_correlation else None
         rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
-                               tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger)
+                               tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger,
+                               error_correlation=correlation)
     except (TeacherWeightsError, WeightLoadError, OptionError, FileNotFoundError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     print(report_markdown(rows))
+    if correlation is not None:
+        print()
+        print(correlation_markdown(correlation))
     if args.json:
         content = {'option_file': args.opt, 'scale': scale, 'flat_threshold': args.flat_threshold,
                    'rows': [dataclasses.asdict(row) for row in rows]}
+        if correlation is not None:
+            content['error_correlation'] = {}
+            for dataset in correlation.datasets:
+                names, matrix = correlation.matrix(dataset)
+                content['error_correlation'][dataset] = {'teachers': names, 'matrix': matrix.tolist()}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w', encoding='utf-8') as handle:
             json.dump(content, handle, indent=2, allow_nan=True)
