@@ -5,9 +5,11 @@ NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown t
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --sets Set5 Set14 BSD100 --scale 4
     python scripts/teacher_report.py --opt options/test_imdn_x4.yml --sets Set5 --no-niqe --json report.json
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --error-correlation
+    python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml options/test_lbnet_t_x4.yml --sets Set5
 
-``--opt``: an option file with a ``teachers:`` list (name, network, weights), or a test option file
-(``network_g`` + ``path.pretrain_network_g``). Relative weights and set names are taken from the repository root
+``--opt``: one or more option files, each with a ``teachers:`` list (name, network, weights) or a test option file
+(``network_g`` + ``path.pretrain_network_g``, named after its ``name``); their teachers are reported together
+(names must differ). Relative weights and set names are taken from the repository root
 (``datasets/<set>``; a value with a ``/`` is used as a path). docs/teacher_report.md explains the numbers.
 """
 import argparse
@@ -34,7 +36,8 @@ from mtkd.weights import WeightLoadError  # noqa: E402
 
 def build_argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--opt', required=True, help='option file: teachers: or network_g + path.pretrain_network_g')
+    parser.add_argument('--opt', required=True, nargs='+',
+                        help='option files (teachers: or network_g + path.pretrain_network_g), reported together')
     parser.add_argument('--sets', nargs='+', default=['Set5', 'Set14', 'BSD100'],
                         help='benchmark sets under datasets/ (or paths), default Set5 Set14 BSD100')
     parser.add_argument('--scale', type=int, default=None, help="upscaling factor (default: the option file's scale)")
@@ -56,19 +59,34 @@ def resolve_set(name: str) -> str:
     return name if os.sep in name or '/' in name else os.path.join(REPO_ROOT, 'datasets', name)
 
 
+def networks_of_files(paths: list[str], scale: int | None, device: str,
+                      logger: logging.Logger) -> tuple[int, dict]:
+    """The upscaling factor and ``name -> network`` of every teacher in the option files, in their order."""
+    all_options = [(path, load_option_file(path)) for path in paths]
+    if scale is None:
+        scale = next((options['scale'] for _, options in all_options if options.get('scale') is not None), None)
+        if not isinstance(scale, int):
+            raise ValueError(f'{", ".join(paths)}: no scale given: pass --scale')
+    networks, origin = {}, {}
+    for path, options in all_options:
+        if options.get('scale') not in (None, scale):
+            raise ValueError(f"the report is at x{scale} but {path} is for x{options['scale']}: pass option files "
+                             f'of one scale (or --scale matching them)')
+        for name, network in networks_from_option_file(options, scale, root=REPO_ROOT, device=device,
+                                                       logger=logger).items():
+            if name in networks:
+                raise ValueError(f'teacher name {name!r} appears in {origin[name]} and in {path}: names must differ '
+                                 '(rename the teacher, or the test file\'s name:)')
+            networks[name], origin[name] = network, path
+    return scale, networks
+
+
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
     logger = logging.getLogger('mtkd')
     try:
-        options = load_option_file(args.opt)
-        scale = args.scale if args.scale is not None else options.get('scale')
-        if not isinstance(scale, int):
-            raise ValueError(f'{args.opt} has no scale: pass --scale')
-        if options.get('scale') not in (None, scale):
-            raise ValueError(f"--scale {scale} but {args.opt} is for x{options['scale']}: use its scale or an option "
-                             f'file for x{scale}')
-        networks = networks_from_option_file(options, scale, root=REPO_ROOT, device=args.device, logger=logger)
+        scale, networks = networks_of_files(args.opt, args.scale, args.device, logger)
         correlation = ErrorCorrelation() if args.error_correlation else None
         rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
                                tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger,
@@ -81,7 +99,7 @@ def main(argv=None) -> int:
         print()
         print(correlation_markdown(correlation))
     if args.json:
-        content = {'option_file': args.opt, 'scale': scale, 'flat_threshold': args.flat_threshold,
+        content = {'option_files': args.opt, 'scale': scale, 'flat_threshold': args.flat_threshold,
                    'rows': [dataclasses.asdict(row) for row in rows]}
         if correlation is not None:
             content['error_correlation'] = {}

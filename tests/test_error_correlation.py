@@ -3,6 +3,7 @@ against numpy on the pooled pixels, through report_teachers and through scripts/
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -148,3 +149,50 @@ def test_markdown_layout():
         '| | a | b |', '|---|---|---|',
         '| a | 1.00 | -1.00 |', '| b | -1.00 | 1.00 |', '',
         'Mean over pairs: -1.00'])
+
+
+def write_tiny_teacher_files(tmp_path, seeds=(0, 0), scales=(2, 2), names=('first', 'second')):
+    """One test option file per teacher (tiny IMDN, weights from ``torch.manual_seed(seed)``)."""
+    paths = []
+    for seed, scale, name in zip(seeds, scales, names):
+        network = {'type': 'IMDN', 'num_feat': 16, 'num_block': 1, 'upscale': scale}
+        torch.manual_seed(seed)
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        weights = tmp_path / f'{name}_{seed}.pth'
+        torch.save({'params': build_network(dict(network)).state_dict()}, weights)
+        options = {'name': name, 'scale': scale, 'network_g': network, 'path': {'pretrain_network_g': str(weights)}}
+        path = tmp_path / f'test_{name}.yml'
+        path.write_text(yaml.safe_dump(options))
+        paths.append(str(path))
+    return paths
+
+
+def test_script_reports_the_teachers_of_several_option_files_together(tmp_path, capsys):
+    # Two test files, the second teacher with other weights: both rows, and a correlation between them below 1.
+    paths = write_tiny_teacher_files(tmp_path, seeds=(0, 1))
+    set_dir = write_benchmark(tmp_path / 'Tiny', [(24, 32)])
+    report = tmp_path / 'report.json'
+    exit_code = load_script('teacher_report').main(['--opt', *paths, '--sets', str(set_dir), '--no-niqe',
+                                                    '--error-correlation', '--json', str(report)])
+    assert exit_code == 0
+    content = json.loads(report.read_text())
+    assert [row['teacher'] for row in content['rows']] == ['first', 'second']
+    assert content['option_files'] == paths
+    matrix = np.array(content['error_correlation']['Tiny']['matrix'])
+    assert matrix[0, 1] < 0.999 and np.allclose(np.diag(matrix), 1.0)
+
+
+@pytest.mark.parametrize('problem', ['same_name', 'two_scales'])
+def test_script_refuses_clashing_option_files(tmp_path, capsys, problem):
+    if problem == 'same_name':
+        first = write_tiny_teacher_files(tmp_path / 'a', seeds=(0,), names=('imdn',))
+        second = write_tiny_teacher_files(tmp_path / 'b', seeds=(1,), names=('imdn',))
+        expected = "teacher name 'imdn' appears in"
+    else:
+        first = write_tiny_teacher_files(tmp_path / 'a', seeds=(0,), scales=(2,), names=('x2',))
+        second = write_tiny_teacher_files(tmp_path / 'b', seeds=(0,), scales=(3,), names=('x3',))
+        expected = 'the report is at x2 but .*test_x3.yml is for x3'
+    set_dir = write_benchmark(tmp_path / 'Tiny', [(24, 24)])
+    exit_code = load_script('teacher_report').main(['--opt', *first, *second, '--sets', str(set_dir), '--no-niqe'])
+    assert exit_code == 2
+    assert re.search(expected, capsys.readouterr().err)
