@@ -17,18 +17,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from basicsr.metrics.metric_util import to_y_channel
 
+from mtkd.evaluation import ground_truth_for
+
 
 def y_error(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray, crop_border: int) -> np.ndarray:
     """Flattened Y-channel error ``SR - GT`` (float64, grey levels) inside the crop border."""
-    height, width = sr_bgr_uint8.shape[:2]
-    gt = gt_bgr_uint8[:height, :width]
-    if gt.shape != sr_bgr_uint8.shape:
-        raise ValueError(f'SR image {sr_bgr_uint8.shape} is larger than its ground truth {gt_bgr_uint8.shape}.')
+    gt = ground_truth_for(sr_bgr_uint8, gt_bgr_uint8)
     error = to_y_channel(sr_bgr_uint8).astype(np.float64) - to_y_channel(gt).astype(np.float64)
     if crop_border:
         error = error[crop_border:-crop_border, crop_border:-crop_border]
     if error.size == 0:
-        raise ValueError(f'crop_border={crop_border} leaves no pixel of a {height}x{width} image')
+        raise ValueError(f'crop_border={crop_border} leaves no pixel of a {gt.shape[0]}x{gt.shape[1]} image')
     return error.reshape(-1)
 
 

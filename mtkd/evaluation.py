@@ -51,12 +51,18 @@ class ImageScore:
     ssim: float
 
 
-def score_images(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray, scale: int) -> ImageScore:
-    """Y-channel PSNR/SSIM with ``crop_border = scale``; GT is cropped to the SR size first (top-left)."""
+def ground_truth_for(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray) -> np.ndarray:
+    """The ground truth cropped to the SR size (top-left: HR files keep the rows/columns the LR mod-crop dropped)."""
     height, width = sr_bgr_uint8.shape[:2]
     gt = gt_bgr_uint8[:height, :width]
     if gt.shape != sr_bgr_uint8.shape:
         raise ValueError(f'SR image {sr_bgr_uint8.shape} is larger than its ground truth {gt_bgr_uint8.shape}.')
+    return gt
+
+
+def score_images(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray, scale: int) -> ImageScore:
+    """Y-channel PSNR/SSIM with ``crop_border = scale``; GT is cropped to the SR size first (top-left)."""
+    gt = ground_truth_for(sr_bgr_uint8, gt_bgr_uint8)
     return ImageScore(psnr=float(calculate_psnr(sr_bgr_uint8, gt, crop_border=scale, test_y_channel=True)),
                       ssim=float(calculate_ssim(sr_bgr_uint8, gt, crop_border=scale, test_y_channel=True)))
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtkd.error_correlation import ErrorCorrelation
-from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
+from mtkd.evaluation import (benchmark_pairs, ground_truth_for, image_to_tensor, read_image, score_images,
+                             tensor_to_image)
 from mtkd.tables import dataset_columns, format_cell
 from mtkd.teachers import TeacherEnsemble, TeacherSpec, run_tiled, teacher_specs_from_options
 from mtkd.transforms.edges import rgb_to_luma
@@ -191,6 +192,7 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
     for network in networks.values():
         network.eval()
     per_image = {(name, set_dir): {} for name in networks for set_dir in set_dirs}
+    set_names = {set_dir: os.path.basename(os.path.normpath(set_dir)) for set_dir in set_dirs}
     for set_dir in set_dirs:
         for image_name, hr_path, lr_path in benchmark_pairs(set_dir, scale):
             hr_bgr = read_image(hr_path)
@@ -201,23 +203,23 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
                 output = run_tiled(lambda images: [network(images)], lr.to(device), scale, tile_size, tile_overlap)[0]
                 sr_bgr = outputs[name] = tensor_to_image(output)
                 score = score_images(sr_bgr, hr_bgr, scale)
-                height, width = sr_bgr.shape[:2]
-                texture = false_texture_energy(image_to_tensor(sr_bgr), image_to_tensor(hr_bgr[:height, :width]),
+                texture = false_texture_energy(image_to_tensor(sr_bgr),
+                                               image_to_tensor(ground_truth_for(sr_bgr, hr_bgr)),
                                                flat_threshold, crop_border=scale)
                 per_image[(name, set_dir)][image_name] = {
                     'psnr': score.psnr, 'ssim': score.ssim,
                     'niqe': niqe_score(sr_bgr, scale) if niqe else None,
                     'false_texture': float(texture.energy[0]), 'flat_fraction': float(texture.flat_fraction[0])}
             if error_correlation is not None:
-                error_correlation.add(os.path.basename(os.path.normpath(set_dir)), outputs, hr_bgr, scale)
-            logger.debug(f'{os.path.basename(set_dir)}/{image_name} done')
+                error_correlation.add(set_names[set_dir], outputs, hr_bgr, scale)
+            logger.debug(f'{set_names[set_dir]}/{image_name} done')
     rows = []
     for name in networks:
         for set_dir in set_dirs:
             images = per_image[(name, set_dir)]
             values = list(images.values())
             rows.append(TeacherReportRow(
-                teacher=name, dataset=os.path.basename(os.path.normpath(set_dir)), scale=scale,
+                teacher=name, dataset=set_names[set_dir], scale=scale,
                 num_images=len(values),
                 psnr=float(np.mean([value['psnr'] for value in values])),
                 ssim=float(np.mean([value['ssim'] for value in values])),

@@ -118,13 +118,20 @@ def test_report_teachers_feeds_the_accumulator_with_each_teachers_image(tmp_path
     assert correlation[0, 2] == pytest.approx(1.0, abs=1e-12) and 0.0 < correlation[0, 1] < 0.99
 
 
+def tiny_imdn(folder, name: str, seed: int, scale: int) -> tuple[dict, str]:
+    """A tiny IMDN's network options and its weights file (random weights from ``torch.manual_seed(seed)``)."""
+    network = {'type': 'IMDN', 'num_feat': 16, 'num_block': 1, 'upscale': scale}
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f'{name}_{seed}.pth'
+    torch.save({'params': build_network(dict(network)).state_dict()}, weights)
+    return network, str(weights)
+
+
 def test_script_prints_and_writes_the_correlation(tmp_path, capsys):
     # Two teachers with the same weights make the same errors: correlation exactly 1.
-    network = {'type': 'IMDN', 'num_feat': 16, 'num_block': 1, 'upscale': 2}
-    torch.manual_seed(0)
-    weights = tmp_path / 'imdn_tiny.pth'
-    torch.save({'params': build_network(dict(network)).state_dict()}, weights)
-    options = {'scale': 2, 'teachers': [{'name': name, 'network': network, 'weights': str(weights)}
+    network, weights = tiny_imdn(tmp_path, 'imdn', seed=0, scale=2)
+    options = {'scale': 2, 'teachers': [{'name': name, 'network': network, 'weights': weights}
                                         for name in ('first', 'second')]}
     option_file = tmp_path / 'options.yml'
     option_file.write_text(yaml.safe_dump(options))
@@ -155,12 +162,8 @@ def write_tiny_teacher_files(tmp_path, seeds=(0, 0), scales=(2, 2), names=('firs
     """One test option file per teacher (tiny IMDN, weights from ``torch.manual_seed(seed)``)."""
     paths = []
     for seed, scale, name in zip(seeds, scales, names):
-        network = {'type': 'IMDN', 'num_feat': 16, 'num_block': 1, 'upscale': scale}
-        torch.manual_seed(seed)
-        tmp_path.mkdir(parents=True, exist_ok=True)
-        weights = tmp_path / f'{name}_{seed}.pth'
-        torch.save({'params': build_network(dict(network)).state_dict()}, weights)
-        options = {'name': name, 'scale': scale, 'network_g': network, 'path': {'pretrain_network_g': str(weights)}}
+        network, weights = tiny_imdn(tmp_path, name, seed, scale)
+        options = {'name': name, 'scale': scale, 'network_g': network, 'path': {'pretrain_network_g': weights}}
         path = tmp_path / f'test_{name}.yml'
         path.write_text(yaml.safe_dump(options))
         paths.append(str(path))
