@@ -18,13 +18,13 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtkd.error_correlation import ErrorCorrelation
 from mtkd.evaluation import (benchmark_pairs, ground_truth_for, image_to_tensor, read_image, score_images,
                              tensor_to_image)
 from mtkd.tables import dataset_columns, format_cell
@@ -143,6 +143,13 @@ def niqe_score(image_bgr_uint8: np.ndarray, crop_border: int) -> float:
         return float(calculate_niqe(image_bgr_uint8, crop_border=crop_border, input_order='HWC', convert_to='y'))
 
 
+class ImageObserver(Protocol):
+    """Anything that accumulates a per-set measure from every image's 8-bit teacher outputs and ground truth."""
+
+    def add(self, dataset: str, outputs: Mapping[str, np.ndarray], gt_bgr_uint8: np.ndarray,
+            crop_border: int) -> None: ...
+
+
 @dataclass
 class TeacherReportRow:
     """One teacher on one benchmark set: means over its images (false texture: over images with flat pixels).
@@ -176,15 +183,16 @@ def _nan_mean(values: Sequence[float]) -> float:
 def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], scale: int, niqe: bool = True,
                     tile_size: int | None = None, tile_overlap: int = 16, flat_threshold: float = FLAT_THRESHOLD,
                     logger: logging.Logger | None = None,
-                    error_correlation: ErrorCorrelation | None = None) -> list[TeacherReportRow]:
+                    observers: Sequence[ImageObserver] = ()) -> list[TeacherReportRow]:
     """PSNR/SSIM, NIQE and false texture of each teacher on each benchmark set; one row per (teacher, set).
 
     ``networks``: name → network taking RGB ``(1, 3, h, w)`` in [0, 1] (on its parameters' device) and returning
     ``(1, 3, s h, s w)``. ``set_dirs``: folders laid out as :func:`mtkd.evaluation.benchmark_pairs` expects (the
     set is named after the folder). Every measure is taken on the uint8 image :func:`tensor_to_image` makes of
     the output, with ``crop_border = scale``; PSNR/SSIM are :func:`mtkd.evaluation.score_images`. ``tile_size``:
-    run on tiles of this many LR pixels (:func:`mtkd.teachers.run_tiled`) to bound memory. ``error_correlation``:
-    also feed every teacher's image to this accumulator (:mod:`mtkd.error_correlation`), set by set.
+    run on tiles of this many LR pixels (:func:`mtkd.teachers.run_tiled`) to bound memory. ``observers``:
+    accumulators also given every image's teacher outputs, set by set (:class:`ImageObserver`: the error
+    correlation of :mod:`mtkd.error_correlation`, the fusion bounds of :mod:`mtkd.fusion_bounds`).
     """
     if not networks:
         raise ValueError('networks is empty: give at least one teacher (name -> network)')
@@ -210,8 +218,8 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
                     'psnr': score.psnr, 'ssim': score.ssim,
                     'niqe': niqe_score(sr_bgr, scale) if niqe else None,
                     'false_texture': float(texture.energy[0]), 'flat_fraction': float(texture.flat_fraction[0])}
-            if error_correlation is not None:
-                error_correlation.add(set_names[set_dir], outputs, hr_bgr, scale)
+            for observer in observers:
+                observer.add(set_names[set_dir], outputs, hr_bgr, scale)
             logger.debug(f'{set_names[set_dir]}/{image_name} done')
     rows = []
     for name in networks:
@@ -317,6 +325,6 @@ def networks_from_option_file(options: Mapping, scale: int, root: str | None = N
             for spec in specs}
 
 
-__all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'PaddedNetwork', 'TeacherReportRow',
+__all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'ImageObserver', 'PaddedNetwork', 'TeacherReportRow',
            'false_texture_energy', 'false_texture_map', 'high_pass', 'local_mean', 'luma', 'networks_from_option_file',
            'niqe_score', 'report_markdown', 'report_teachers', 'teacher_specs_from_option_file']

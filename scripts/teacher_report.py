@@ -5,6 +5,7 @@ NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown t
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --sets Set5 Set14 BSD100 --scale 4
     python scripts/teacher_report.py --opt options/test_imdn_x4.yml --sets Set5 --no-niqe --json report.json
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --error-correlation
+    python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml options/test_lbnet_t_x4.yml --sets Set5
 
 ``--opt``: one or more option files, each with a ``teachers:`` list (name, network, weights) or a test option file
@@ -28,6 +29,7 @@ import mtkd  # noqa: E402,F401  (compat patches and arch registration, before ba
 from mtkd.config.cli import load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
 from mtkd.error_correlation import ErrorCorrelation, correlation_markdown  # noqa: E402
+from mtkd.fusion_bounds import DEFAULT_PATCH_SIZES, FusionBounds, fusion_bounds_markdown  # noqa: E402
 from mtkd.teacher_report import (FLAT_THRESHOLD, networks_from_option_file, report_markdown,  # noqa: E402
                                  report_teachers)
 from mtkd.teachers import TeacherWeightsError  # noqa: E402
@@ -45,6 +47,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument('--error-correlation', action='store_true',
                         help='also print the correlation of the teachers\' Y errors per set (how much they overlap: '
                              'what a fusion of them can gain; mtkd/error_correlation.py)')
+    parser.add_argument('--fusion-bounds', action='store_true',
+                        help='also print oracle bounds of fusing the teachers per set: plain average, best global '
+                             'weights, best weights per patch, best teacher per pixel (mtkd/fusion_bounds.py)')
+    parser.add_argument('--patch-sizes', type=int, nargs='+', default=list(DEFAULT_PATCH_SIZES),
+                        help=f'patch sizes of --fusion-bounds (default {" ".join(map(str, DEFAULT_PATCH_SIZES))})')
     parser.add_argument('--flat-threshold', type=float, default=FLAT_THRESHOLD,
                         help=f'false texture: GT high-frequency energy below which a pixel is flat, grey levels '
                              f'(default {FLAT_THRESHOLD})')
@@ -88,9 +95,10 @@ def main(argv=None) -> int:
     try:
         scale, networks = networks_of_files(args.opt, args.scale, args.device, logger)
         correlation = ErrorCorrelation() if args.error_correlation else None
+        bounds = FusionBounds(args.patch_sizes) if args.fusion_bounds else None
         rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
                                tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger,
-                               error_correlation=correlation)
+                               observers=[observer for observer in (correlation, bounds) if observer is not None])
     except (TeacherWeightsError, WeightLoadError, OptionError, FileNotFoundError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
@@ -98,6 +106,9 @@ def main(argv=None) -> int:
     if correlation is not None:
         print()
         print(correlation_markdown(correlation))
+    if bounds is not None:
+        print()
+        print(fusion_bounds_markdown(bounds))
     if args.json:
         content = {'option_files': args.opt, 'scale': scale, 'flat_threshold': args.flat_threshold,
                    'rows': [dataclasses.asdict(row) for row in rows]}
@@ -106,6 +117,8 @@ def main(argv=None) -> int:
             for dataset in correlation.datasets:
                 names, matrix = correlation.matrix(dataset)
                 content['error_correlation'][dataset] = {'teachers': names, 'matrix': matrix.tolist()}
+        if bounds is not None:
+            content['fusion_bounds'] = {dataset: dataclasses.asdict(bounds.row(dataset)) for dataset in bounds.datasets}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w', encoding='utf-8') as handle:
             json.dump(content, handle, indent=2, allow_nan=True)

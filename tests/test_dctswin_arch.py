@@ -250,3 +250,31 @@ def test_cpu_attention_matches_sdpa_values_and_gradients():
     reference_grads = torch.autograd.grad(reference.square().sum(), (query, bias))
     for got, want in zip(grads, reference_grads):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_weights_head_starts_at_zero_and_can_select_one_teacher():
+    """teacher_weights adds Σ_i Δ_i T_i: nothing at initialisation; with Δ = one-hot(teacher 1) - 1/N and the
+    image head at zero, the global-residual output is exactly teacher 1 (weights act per pixel on every colour)."""
+    torch.manual_seed(0)
+    teachers = torch.rand(2, 9, 16, 24)
+    plain = _tiny(num_teachers=3, global_residual=True)
+    weighted = _tiny(num_teachers=3, global_residual=True, teacher_weights=True)
+    weighted.load_state_dict(plain.state_dict(), strict=False)
+    assert torch.equal(weighted(teachers), plain(teachers))
+    head = weighted.weight_head[0]
+    with torch.no_grad():
+        weighted.upsampler[0].weight.zero_()
+        weighted.upsampler[0].bias.zero_()
+        head.weight.zero_()
+        offsets = torch.full((3,), -1 / 3)
+        offsets[1] += 1.
+        head.bias.copy_(offsets.repeat_interleave(2 ** 2))  # PixelShuffle: channel i * s**2 + k goes to map i
+        assert torch.allclose(weighted(teachers), teachers[:, 3:6], atol=1e-6)
+
+
+def test_teacher_weights_head_gets_gradients_and_counts_its_parameters():
+    network = _tiny(num_teachers=3, teacher_weights=True)
+    extra = sum(p.numel() for p in network.parameters()) - sum(p.numel() for p in _tiny(num_teachers=3).parameters())
+    assert extra == 12 * 3 * 2 ** 2 * 9 + 3 * 2 ** 2  # 3x3 conv C -> N s^2 with bias
+    (network(torch.rand(1, 9, 16, 16)) - torch.rand(1, 3, 16, 16)).abs().mean().backward()
+    assert network.weight_head[0].weight.grad.abs().sum() > 0

@@ -104,7 +104,7 @@ def test_report_teachers_feeds_the_accumulator_with_each_teachers_image(tmp_path
     set_dir = write_benchmark(tmp_path / 'Tiny', [(40, 48), (32, 32)])
     networks = {'bicubic': Bicubic(2), 'nearest': Nearest(2), 'bicubic_again': Bicubic(2)}
     accumulator = ErrorCorrelation()
-    report_teachers(networks, [str(set_dir)], scale=2, niqe=False, error_correlation=accumulator)
+    report_teachers(networks, [str(set_dir)], scale=2, niqe=False, observers=[accumulator])
     errors = {name: [] for name in networks}
     for index in range(2):
         hr = read_image(str(set_dir / 'HR' / f'img{index}.png'))
@@ -128,13 +128,19 @@ def tiny_imdn(folder, name: str, seed: int, scale: int) -> tuple[dict, str]:
     return network, str(weights)
 
 
-def test_script_prints_and_writes_the_correlation(tmp_path, capsys):
-    # Two teachers with the same weights make the same errors: correlation exactly 1.
-    network, weights = tiny_imdn(tmp_path, 'imdn', seed=0, scale=2)
+def twin_teacher_option_file(folder):
+    """An x2 option file with two teachers, 'first' and 'second', of the same tiny IMDN weights."""
+    network, weights = tiny_imdn(folder, 'imdn', seed=0, scale=2)
     options = {'scale': 2, 'teachers': [{'name': name, 'network': network, 'weights': weights}
                                         for name in ('first', 'second')]}
-    option_file = tmp_path / 'options.yml'
+    option_file = folder / 'options.yml'
     option_file.write_text(yaml.safe_dump(options))
+    return option_file
+
+
+def test_script_prints_and_writes_the_correlation(tmp_path, capsys):
+    # Two teachers with the same weights make the same errors: correlation exactly 1.
+    option_file = twin_teacher_option_file(tmp_path)
     set_dir = write_benchmark(tmp_path / 'Tiny', [(24, 32)])
     report = tmp_path / 'report.json'
     exit_code = load_script('teacher_report').main(['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe',

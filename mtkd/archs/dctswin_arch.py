@@ -305,6 +305,13 @@ class DCTSwin(nn.Module):
             learns a correction to the ensemble average. Default ``False`` (the paper). With it, the upsampler's
             conv starts at zero, so training starts exactly at the teacher average (ReZero-style) instead of at
             the average plus a random image.
+        teacher_weights: beyond the paper: a second sub-pixel head (3x3 conv ``C → N * s**2``, PixelShuffle)
+            predicts, for every HR pixel, one weight offset ``Δ_i`` per teacher, shared by the colour channels,
+            and ``Σ_i Δ_i T_i`` is added to the output: a content-adaptive (and unconstrained, so also
+            extrapolating) mix of the teachers, which a conv/attention stack can only approximate through its
+            image head. The head starts at zero, so it changes nothing at initialisation; with
+            ``global_residual`` the output is ``Σ_i (1/N + Δ_i) T_i`` plus the image head's correction.
+            Default ``False`` (the paper).
 
     Upsampler: one 3x3 conv ``C → num_out_ch * s**2`` and PixelShuffle(s), SwinIR's light "pixelshuffledirect",
     the one sized for C = 24 (the official YAML's heavier "pixelshuffle" head goes through 64 channels).
@@ -318,7 +325,7 @@ class DCTSwin(nn.Module):
     def __init__(self, num_teachers: int = 3, num_out_ch: int = 3, num_feat: int = 24, num_block: int = 4,
                  num_layer: int = 2, window_size: int = 8, num_heads: int = 6, mlp_ratio: float = 2.,
                  upscale: int = 4, img_range: float = 1., block_conv: bool = True, block_type: str = 'dctswin',
-                 global_residual: bool = False):
+                 global_residual: bool = False, teacher_weights: bool = False):
         super().__init__()
         check_positive_ints('DCTSwin', num_teachers=num_teachers, num_out_ch=num_out_ch, num_feat=num_feat,
                             num_block=num_block, num_layer=num_layer, window_size=window_size, num_heads=num_heads,
@@ -340,6 +347,7 @@ class DCTSwin(nn.Module):
         self.img_range = float(img_range)
         self.block_type = block_type
         self.global_residual = bool(global_residual)
+        self.teacher_weights = bool(teacher_weights)
 
         self.conv_first = nn.Conv2d(self.num_in_ch * upscale ** 2, num_feat, 3, 1, 1)
         self.blocks = nn.ModuleList([
@@ -351,6 +359,11 @@ class DCTSwin(nn.Module):
         if self.global_residual:
             nn.init.zeros_(self.upsampler[0].weight)
             nn.init.zeros_(self.upsampler[0].bias)
+        if self.teacher_weights:
+            self.weight_head = nn.Sequential(nn.Conv2d(num_feat, num_teachers * upscale ** 2, 3, 1, 1),
+                                             nn.PixelShuffle(upscale))
+            nn.init.zeros_(self.weight_head[0].weight)
+            nn.init.zeros_(self.weight_head[0].bias)
 
     def _check_input(self, teacher_outputs: torch.Tensor) -> None:
         if teacher_outputs.dim() != 4 or teacher_outputs.shape[1] != self.num_in_ch:
@@ -375,9 +388,13 @@ class DCTSwin(nn.Module):
         for block in self.blocks:
             deep = block(deep)
         deep = deep[..., :lr_height, :lr_width]
-        output = self.upsampler(self.conv_after_body(deep) + shallow) / self.img_range
-        if self.global_residual:
+        features = self.conv_after_body(deep) + shallow
+        output = self.upsampler(features) / self.img_range
+        if self.global_residual or self.teacher_weights:
             batch, _, height, width = teacher_outputs.shape
             teachers = teacher_outputs.reshape(batch, self.num_teachers, self.num_out_ch, height, width)
-            output = output + teachers.mean(dim=1)
+            if self.global_residual:
+                output = output + teachers.mean(dim=1)
+            if self.teacher_weights:
+                output = output + (self.weight_head(features).unsqueeze(2) * teachers).sum(dim=1)
         return output
