@@ -15,20 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from basicsr.metrics.metric_util import to_y_channel
 
-from mtkd.evaluation import ground_truth_for
+from mtkd.evaluation import y_planes
 
 
 def y_error(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray, crop_border: int) -> np.ndarray:
     """Flattened Y-channel error ``SR - GT`` (float64, grey levels) inside the crop border."""
-    gt = ground_truth_for(sr_bgr_uint8, gt_bgr_uint8)
-    error = to_y_channel(sr_bgr_uint8).astype(np.float64) - to_y_channel(gt).astype(np.float64)
-    if crop_border:
-        error = error[crop_border:-crop_border, crop_border:-crop_border]
-    if error.size == 0:
-        raise ValueError(f'crop_border={crop_border} leaves no pixel of a {gt.shape[0]}x{gt.shape[1]} image')
-    return error.reshape(-1)
+    planes, target = y_planes({'sr': sr_bgr_uint8}, gt_bgr_uint8, crop_border)
+    return (planes[0] - target).reshape(-1)
 
 
 class ErrorCorrelation:
@@ -55,7 +49,8 @@ class ErrorCorrelation:
             raise ValueError(f'error correlation needs at least two teachers, got {names}')
         if self._names.setdefault(dataset, names) != names:
             raise ValueError(f'{dataset}: teachers {names} differ from the earlier images\' {self._names[dataset]}')
-        errors = np.stack([y_error(outputs[name], gt_bgr_uint8, crop_border) for name in names])
+        planes, target = y_planes(outputs, gt_bgr_uint8, crop_border)
+        errors = (planes - target).reshape(len(names), -1)
         self._count[dataset] = self._count.get(dataset, 0) + errors.shape[1]
         self._sum[dataset] = self._sum.get(dataset, 0) + errors.sum(axis=1)
         self._products[dataset] = self._products.get(dataset, 0) + errors @ errors.T

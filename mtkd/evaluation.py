@@ -7,6 +7,7 @@ so numbers from scripts, tests and ``mtkd/test.py`` agree to the last digit.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from basicsr.metrics import calculate_psnr, calculate_ssim
+from basicsr.metrics.metric_util import to_y_channel
 from basicsr.utils import img2tensor, tensor2img
 
 
@@ -58,6 +60,25 @@ def ground_truth_for(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray) -> np.n
     if gt.shape != sr_bgr_uint8.shape:
         raise ValueError(f'SR image {sr_bgr_uint8.shape} is larger than its ground truth {gt_bgr_uint8.shape}.')
     return gt
+
+
+def y_planes(outputs: Mapping[str, np.ndarray], gt_bgr_uint8: np.ndarray,
+             crop_border: int) -> tuple[np.ndarray, np.ndarray]:
+    """Y planes ``(N, H, W)`` of N SR images and ``(H, W)`` of their ground truth (float64, grey levels), as PSNR
+    sees them: BasicSR's ``to_y_channel`` (BT.601, 0-255), the ground truth cropped to the SR size, then
+    ``crop_border`` pixels off every side."""
+    first = next(iter(outputs.values()))
+    gt = ground_truth_for(first, gt_bgr_uint8)
+    planes = [to_y_channel(image)[..., 0].astype(np.float64) for image in outputs.values()]
+    if any(plane.shape != planes[0].shape for plane in planes):
+        raise ValueError(f'SR images differ in size: {[image.shape for image in outputs.values()]}')
+    teachers, target = np.stack(planes), to_y_channel(gt)[..., 0].astype(np.float64)
+    if crop_border:
+        teachers = teachers[:, crop_border:-crop_border, crop_border:-crop_border]
+        target = target[crop_border:-crop_border, crop_border:-crop_border]
+    if target.size == 0:
+        raise ValueError(f'crop_border={crop_border} leaves no pixel of a {gt.shape[0]}x{gt.shape[1]} image')
+    return teachers, target
 
 
 def score_images(sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray, scale: int) -> ImageScore:

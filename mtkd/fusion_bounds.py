@@ -26,28 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from basicsr.metrics.metric_util import to_y_channel
 
-from mtkd.evaluation import ground_truth_for
+from mtkd.evaluation import y_planes
 
 DEFAULT_PATCH_SIZES = (32, 16, 8)
-
-
-def y_planes(outputs: Mapping[str, np.ndarray], gt_bgr_uint8: np.ndarray,
-             crop_border: int) -> tuple[np.ndarray, np.ndarray]:
-    """Teachers' Y planes ``(N, H, W)`` and the ground truth's ``(H, W)`` (float64, grey levels), cropped."""
-    first = next(iter(outputs.values()))
-    gt = ground_truth_for(first, gt_bgr_uint8)
-    planes = [to_y_channel(image)[..., 0].astype(np.float64) for image in outputs.values()]
-    if any(plane.shape != planes[0].shape for plane in planes):
-        raise ValueError(f'teacher outputs differ in size: {[image.shape for image in outputs.values()]}')
-    teachers, target = np.stack(planes), to_y_channel(gt)[..., 0].astype(np.float64)
-    if crop_border:
-        teachers = teachers[:, crop_border:-crop_border, crop_border:-crop_border]
-        target = target[crop_border:-crop_border, crop_border:-crop_border]
-    if target.size == 0:
-        raise ValueError(f'crop_border={crop_border} leaves no pixel of a {gt.shape[0]}x{gt.shape[1]} image')
-    return teachers, target
 
 
 def psnr_of_mse(mse: float | np.ndarray) -> float | np.ndarray:
@@ -170,4 +152,4 @@ def fusion_bounds_markdown(bounds: FusionBounds, datasets: Sequence[str] | None 
 
 
 __all__ = ['DEFAULT_PATCH_SIZES', 'FusionBoundRow', 'FusionBounds', 'fusion_bounds_markdown', 'least_squares_weights',
-           'patch_oracle', 'pixel_best', 'psnr_of_mse', 'y_planes']
+           'patch_oracle', 'pixel_best', 'psnr_of_mse']

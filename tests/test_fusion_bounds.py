@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import load_script
+from mtkd.evaluation import y_planes
 from mtkd.fusion_bounds import (FusionBounds, fusion_bounds_markdown, least_squares_weights, patch_oracle,
-                                pixel_best, psnr_of_mse, y_planes)
+                                pixel_best, psnr_of_mse)
 from test_error_correlation import constructed_case, noisy, twin_teacher_option_file
 from test_teacher_report import write_benchmark
 
