@@ -8,11 +8,18 @@ temporary file and leaves the destination untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any, BinaryIO, Callable
+
+try:  # POSIX; Windows has no fcntl, and exclusive_lock then takes no lock
+    import fcntl
+except ImportError:  # pragma: no cover - exercised on Windows only
+    fcntl = None
 
 #: Bytes read per chunk while hashing (checkpoints and archives reach GBs).
 HASH_CHUNK_SIZE = 1 << 20
@@ -60,3 +67,28 @@ def atomic_write_json(obj: Any, path: str) -> str:
     """Write ``obj`` as JSON indented by 2 (keys in insertion order) plus a final newline, atomically."""
     text = json.dumps(obj, indent=2) + '\n'
     return atomic_write(path, lambda handle: handle.write(text.encode('utf-8')))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str, on_wait: Callable[[], Any] | None = None) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the ``with`` body.
+
+    While another process (or another open of the same file) holds it, calls ``on_wait()`` once, then blocks
+    until it is released. POSIX ``fcntl.flock``: the kernel releases the lock when its holder dies, so a killed
+    process never leaves it stuck. Yields True, or False where ``fcntl`` is missing (Windows: no lock is taken).
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        yield False
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'a+b') as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -51,13 +51,15 @@ from typing import Any
 
 import numpy as np
 
-from mtkd.fileio import atomic_write, atomic_write_json, file_sha256
+from mtkd.fileio import atomic_write, atomic_write_json, exclusive_lock, file_sha256
 from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, check_fingerprint
 
 FORMAT_VERSION = 1
 CACHE_DTYPE = 'float16'
 BACKENDS = ('npy', 'lmdb')
 MANIFEST_NAME = 'manifest.json'
+#: Lock file a build holds (:func:`mtkd.fileio.exclusive_lock`), so that runs started together build a cache once.
+BUILD_LOCK_NAME = '.build.lock'
 LMDB_NAME = 'teacher_outputs.lmdb'
 DEFAULT_CACHE_ROOT = 'datasets/teacher_cache'
 DEFAULT_TILE_OVERLAP = 16
@@ -403,12 +405,10 @@ class TeacherOutputCache:
 
         Checks first that ``ensemble`` is the teachers the key was made for (:class:`TeacherMismatchError`)
         and that ``lq_paths`` hash to the key's dataset key (rereads the LR files). Images whose outputs are
-        all present are skipped (resume); the manifest is marked complete at the end.
+        all present are skipped (resume); the manifest is marked complete at the end. A build holds the cache's
+        lock file (``.build.lock``) throughout: a second process building the same cache waits, then reuses
+        everything the first stored.
         """
-        from tqdm import tqdm
-
-        from mtkd.evaluation import image_to_tensor, read_image
-
         start = time.perf_counter()
         check_fingerprint(self.ensemble_fingerprint, ensemble.fingerprint(), what='teacher-output cache')
         random_teachers = [entry['name'] for entry in self.ensemble_fingerprint if entry.get('weights_sha256') is None]
@@ -421,6 +421,24 @@ class TeacherOutputCache:
             raise TeacherCacheError('the LR images given differ from those the cache key was made from '
                                     '(other files or content); make the cache with dataset_key(lq_paths)')
         paths = sorted(lq_paths, key=os.path.basename)
+        lock_path = os.path.join(self.path, BUILD_LOCK_NAME)
+
+        def report_waiting() -> None:
+            (logger or logging.getLogger(__name__)).info(
+                f'teacher cache {self.path}: another process is building it; waiting for it (lock {lock_path})')
+
+        # Two runs started together (ablations sharing teachers) would otherwise both compute every output, and
+        # one's clean-up of half-written files could delete a file the other is writing.
+        with exclusive_lock(lock_path, on_wait=report_waiting):
+            return self._build_locked(ensemble, paths, progress, logger, start)
+
+    def _build_locked(self, ensemble: TeacherEnsemble, paths: Sequence[str], progress: bool,
+                      logger: logging.Logger | None, start: float) -> BuildReport:
+        """:meth:`build` once it holds the cache's build lock: images stored meanwhile by another process are reused."""
+        from tqdm import tqdm
+
+        from mtkd.evaluation import image_to_tensor, read_image
+
         stems = [image_stem(path) for path in paths]
         manifest = self.read_manifest()
         if manifest is not None:

@@ -6,33 +6,43 @@
 #   bash scripts/light_comparison.sh evaluate     # re-evaluate the committed students (pretrained/mtkd/), ~2 min
 #   bash scripts/light_comparison.sh train        # train all nine (ITERS=1200: ~2 h on 2 CPU cores, JOBS=2 at once),
 #                                                 # evaluate them and print the table
+#   SEED=1 METHODS="alone at mtkd" bash scripts/light_comparison.sh train   # other seeds, some methods: the spread
+#                                                 # (runs named ..._cpu1200_seed1; seed 0 keeps the plain names)
 # Needs `make link-shared` (data, official teacher weights) and `make prepare-train291` for training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ITERS=${ITERS:-1200}
 JOBS=${JOBS:-2}
+SEED=${SEED:-0}
+RUN=cpu$ITERS
+[ "$SEED" = 0 ] || RUN=cpu${ITERS}_seed$SEED
 mode=${1:-evaluate}
 # method -> training option file suffix ("" is MTKD itself)
 methods=(alone kd at fakd dukd mtkd v5_l1 v6_dct v7_highfreq)
 labels=("student alone" "KD (RLFN)" "AT (RLFN)" "FAKD (RLFN)" "DUKD (RLFN)" "MTKD (wavelet, I_MT)"
         "MTKD v5 (L1, I_MT)" "MTKD v6 (DCT, I_MT)" "MTKD v7 (high-freq. wavelet, I_MT)")
+# training order: the slowest first, so the two job slots finish together
+METHODS=${METHODS:-dukd fakd at mtkd kd alone v5_l1 v6_dct v7_highfreq}
+for method in $METHODS; do
+  [[ " ${methods[*]} " == *" $method "* ]] || { echo "unknown method '$method' in METHODS; known: ${methods[*]}" >&2; exit 2; }
+done
 
 train_one() {  # $1: method
   local method=$1 suffix=_$1
   [ "$method" = mtkd ] && suffix=
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" mtkd/train.py -opt "options/stage2_light_edsr32_x4$suffix.yml" \
-    --force_yml "name=stage2_light_edsr32_x4${suffix}_cpu$ITERS" "train:total_iter=$ITERS" \
+    --force_yml "name=stage2_light_edsr32_x4${suffix}_$RUN" "manual_seed=$SEED" "train:total_iter=$ITERS" \
     "train:scheduler:milestones=[$((ITERS * 2 / 3)),$((ITERS * 5 / 6))]" val:val_freq=100000 \
     "logger:save_checkpoint_freq=$((ITERS / 2))" channels_last=true \
-    > "/tmp/mtkd_light_$method.log" 2>&1 || { echo "training $method failed: see /tmp/mtkd_light_$method.log"; return 1; }
+    > "/tmp/mtkd_light_${method}_$RUN.log" 2>&1 || { echo "training $method failed: see /tmp/mtkd_light_${method}_$RUN.log"; return 1; }
 }
 export -f train_one
-export PY ITERS
+export PY ITERS SEED RUN
 
 case "$mode" in
   train)
-    printf '%s\n' dukd fakd at mtkd kd alone v5_l1 v6_dct v7_highfreq | xargs -P "$JOBS" -I{} bash -c 'train_one {}'
+    printf '%s\n' $METHODS | xargs -P "$JOBS" -I{} bash -c 'train_one {}'
     ;;
   evaluate) ;;
   *) echo "usage: $0 evaluate|train" >&2; exit 2 ;;
@@ -41,6 +51,7 @@ esac
 results=()
 for i in "${!methods[@]}"; do
   method=${methods[$i]}
+  [[ " $METHODS " == *" $method "* ]] || continue
   if [ "$mode" = evaluate ] && [ ! -f "options/test_light_edsr32_x4_$method.yml" ]; then
     echo "skip $method: no committed student (options/test_light_edsr32_x4_$method.yml)"; continue
   fi
@@ -50,14 +61,16 @@ for i in "${!methods[@]}"; do
   overrides=()
   if [ "$mode" = train ]; then
     test_file=options/test_light_edsr32_x4_mtkd.yml  # the test files differ only in name and weights
-    overrides=(--force_yml "path:pretrain_network_g=experiments/stage2_light_edsr32_x4${suffix}_cpu$ITERS/models/net_g_$ITERS.pth"
-               "name=test_light_edsr32_x4_${method}_cpu$ITERS")
-    out=results/test_light_edsr32_x4_${method}_cpu$ITERS
+    overrides=(--force_yml "path:pretrain_network_g=experiments/stage2_light_edsr32_x4${suffix}_$RUN/models/net_g_$ITERS.pth"
+               "name=test_light_edsr32_x4_${method}_$RUN")
+    out=results/test_light_edsr32_x4_${method}_$RUN
   else
     out=results/test_light_edsr32_x4_$method
   fi
   "$PY" mtkd/test.py -opt "$test_file" "${overrides[@]}" \
     > "/tmp/mtkd_test_light_$method.log" 2>&1 || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
-  results+=("$out=${labels[$i]}")
+  label=${labels[$i]}
+  [ "$SEED" = 0 ] || label="$label, seed $SEED"
+  results+=("$out=$label")
 done
 "$PY" scripts/make_table.py "${results[@]}" --digits 3

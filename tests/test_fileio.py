@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from mtkd.fileio import atomic_torch_save, atomic_write, atomic_write_json, file_sha256
+from mtkd.fileio import atomic_torch_save, atomic_write, atomic_write_json, exclusive_lock, file_sha256
 
 
 def _hidden_files(folder):
@@ -48,3 +48,28 @@ def test_writers_create_the_folder_and_write_exact_content(tmp_path):
     atomic_torch_save({'w': torch.arange(3.)}, str(weights_path))
     assert torch.equal(torch.load(weights_path, weights_only=True)['w'], torch.arange(3.))
     assert _hidden_files(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != 'posix', reason='exclusive_lock uses fcntl.flock (POSIX)')
+def test_exclusive_lock_excludes_other_holders_until_released(tmp_path):
+    import fcntl
+
+    path = str(tmp_path / 'sub' / '.build.lock')
+    waited = []
+
+    def try_lock() -> bool:
+        with open(path, 'a+b') as other:
+            try:
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+            return True
+
+    with exclusive_lock(path, on_wait=lambda: waited.append(1)) as held:
+        assert held and not try_lock()
+    assert try_lock() and not waited  # released on exit; on_wait only runs when someone else holds it
+    with pytest.raises(RuntimeError):
+        with exclusive_lock(path):
+            raise RuntimeError('the body failed')
+    assert try_lock()  # released on an exception too

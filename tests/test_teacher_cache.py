@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import random
+import threading
 
 import cv2
 import numpy as np
@@ -207,6 +209,51 @@ def test_interrupted_build_resumes(folders, specs, monkeypatch):
     for path, stem in zip(folders['lq_paths'], stems):
         for name, expected in zip(reference.names, reference_outputs(reference, path)):
             assert np.array_equal(cache.read_full(name, stem), expected.astype(np.float32))
+
+
+def test_a_second_build_waits_for_the_first_and_reuses_its_outputs(folders, specs):
+    """Two runs started together build the cache once: the second waits on the build lock, does not clean up the
+    first one's half-written files, and then computes nothing."""
+    first_ensemble, second_ensemble = TeacherEnsemble(specs, SCALE), TeacherEnsemble(specs, SCALE)
+    cache = make_cache(folders, first_ensemble)
+    first_is_running, let_first_go, second_waits = threading.Event(), threading.Event(), threading.Event()
+    original_forward = first_ensemble.forward
+
+    def held_forward(lq, **kwargs):
+        first_is_running.set()
+        assert let_first_go.wait(30), 'the test never released the first build'
+        return original_forward(lq, **kwargs)
+
+    first_ensemble.forward = held_forward
+    second_calls = count_forward(second_ensemble)
+
+    class WaitingHandler(logging.Handler):
+        def emit(self, record):
+            if 'another process is building it' in record.getMessage():
+                second_waits.set()
+
+    logger = logging.getLogger('test_teacher_cache.second_build')
+    logger.setLevel(logging.INFO)
+    logger.addHandler(WaitingHandler())
+    reports = {}
+    first = threading.Thread(target=lambda: reports.update(
+        first=cache.build(first_ensemble, folders['lq_paths'], progress=False)))
+    first.start()
+    assert first_is_running.wait(30)
+    in_flight = os.path.join(cache.path, 'edsr', '.in-flight.npy.first.tmp')  # the first build's half-written file
+    os.makedirs(os.path.dirname(in_flight), exist_ok=True)
+    open(in_flight, 'wb').close()
+    second = threading.Thread(target=lambda: reports.update(
+        second=cache.build(second_ensemble, folders['lq_paths'], progress=False, logger=logger)))
+    second.start()
+    assert second_waits.wait(30), 'the second build did not wait for the first'
+    assert os.path.exists(in_flight) and not second_calls
+    let_first_go.set()
+    first.join(60)
+    second.join(60)
+    assert (reports['first'].computed, reports['first'].reused) == (5, 0)
+    assert (reports['second'].computed, reports['second'].reused) == (0, 5) and not second_calls
+    assert cache.is_complete([image_stem(path) for path in folders['lq_paths']])
 
 
 def _dihedral(image, hflip, vflip, rot90):
