@@ -14,6 +14,12 @@ training one, these bounds say where its gain could come from, per benchmark set
   teacher outputs alone is what a KA has to learn.
 - ``pixel best``: every pixel from the teacher closest to the ground truth there (a looser ceiling still).
 
+Beside the oracles, one row that is *not* fitted to the set it scores: ``train-fitted weights``, the global
+least-squares weights of the training images (:func:`fit_global_weights` on the option file's teacher cache,
+``scripts/teacher_report.py --fit-on-train``) applied unchanged to the benchmark. It is what the simplest learned
+aggregator, a fixed weighting, would score out of sample: when it is below ``average`` while ``best global
+weights`` is above it, the training set prefers a weighting the benchmark does not.
+
 Protocol, PSNR's (:func:`mtkd.evaluation.score_images`): Y channel of the 8-bit teacher images (BasicSR's
 ``to_y_channel``, BT.601, 0-255), ``crop_border = scale``, the ground truth cropped to the SR size; each image's
 PSNR, then the mean over the set. The combinations are scored on their float Y, not re-quantised to 8 bits (the
@@ -22,7 +28,7 @@ reports). The global weights minimise the pooled squared error of the set, the P
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +72,26 @@ def pixel_best(teachers: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.take_along_axis(teachers, choice[None], axis=0)[0]
 
 
+def fit_global_weights(images: Iterable[tuple[Mapping[str, np.ndarray], np.ndarray]],
+                       crop_border: int) -> dict[str, float]:
+    """Least-squares weights ``{teacher: w}`` of ``Σ_i w_i T_i`` pooled over ``images``, pairs of
+    ``({teacher: sr_bgr_uint8}, gt_bgr_uint8)`` (the same teachers in each), on PSNR's Y planes cropped by
+    ``crop_border``. Keeps only the ``N x N`` normal-equation sums, so any number of images fits in memory."""
+    names, gram, cross = None, 0.0, 0.0
+    for outputs, gt_bgr_uint8 in images:
+        if names is None:
+            names = list(outputs)
+        elif list(outputs) != names:
+            raise ValueError(f'teachers {list(outputs)} differ from the earlier images\' {names}')
+        teachers, target = y_planes(outputs, gt_bgr_uint8, crop_border)
+        flat = teachers.reshape(len(names), -1)
+        gram, cross = gram + flat @ flat.T, cross + flat @ target.reshape(-1)
+    if names is None:
+        raise ValueError('no image to fit the weights on')
+    weights = np.linalg.lstsq(gram, cross, rcond=None)[0]
+    return {name: float(weight) for name, weight in zip(names, weights)}
+
+
 @dataclass(frozen=True)
 class FusionBoundRow:
     """The bounds of one set: mean PSNR (dB) of each fusion, and the fitted global weights (teacher order)."""
@@ -77,6 +103,8 @@ class FusionBoundRow:
     global_psnr: float
     patch_psnr: dict[int, float]
     pixel_best: float
+    #: Mean PSNR of the ``transfer_weights`` the accumulator was given (fitted elsewhere), None without them.
+    transfer_psnr: float | None = None
 
 
 class FusionBounds:
@@ -86,13 +114,18 @@ class FusionBounds:
     call of a set; ``row(dataset)`` then fits the global weights and returns the bounds. Per image it keeps only the
     normal-equation sums ``T Tᵀ``, ``T y``, ``yᵀ y`` (for the global fit and each image's error under it) and the
     per-image PSNR of the other fusions, so memory does not grow with image size.
+
+    ``transfer_weights`` (``{teacher: w}``, e.g. :func:`fit_global_weights` of the training images): also score
+    ``Σ_i w_i T_i`` with these fixed weights, every teacher of every set needing one.
     """
 
-    def __init__(self, patch_sizes: Sequence[int] = DEFAULT_PATCH_SIZES):
+    def __init__(self, patch_sizes: Sequence[int] = DEFAULT_PATCH_SIZES,
+                 transfer_weights: Mapping[str, float] | None = None):
         if not patch_sizes or any(int(size) != size or size < 2 for size in patch_sizes):
             raise ValueError(f'patch sizes must be integers of at least 2 (each patch is cross-fitted on its two '
                              f'checkerboard halves), got {list(patch_sizes)}')
         self.patch_sizes = tuple(int(size) for size in patch_sizes)
+        self.transfer_weights = None if transfer_weights is None else dict(transfer_weights)
         self._names: dict[str, list[str]] = {}
         self._images: dict[str, list[dict]] = {}
 
@@ -106,9 +139,17 @@ class FusionBounds:
             raise ValueError('fusion bounds need at least one teacher output')
         if self._names.setdefault(dataset, names) != names:
             raise ValueError(f'{dataset}: teachers {names} differ from the earlier images\' {self._names[dataset]}')
+        if self.transfer_weights is not None and set(names) != set(self.transfer_weights):
+            raise ValueError(f'{dataset}: the transfer weights are for teachers {sorted(self.transfer_weights)}, '
+                             f'the outputs come from {sorted(names)}: fit them on the same teachers')
         teachers, target = y_planes(outputs, gt_bgr_uint8, crop_border)
         flat = teachers.reshape(len(names), -1)
+        transfer = None
+        if self.transfer_weights is not None:
+            fused = np.tensordot([self.transfer_weights[name] for name in names], teachers, axes=1)
+            transfer = psnr_of_mse(np.mean((fused - target) ** 2))
         self._images.setdefault(dataset, []).append({
+            'transfer': transfer,
             'count': target.size, 'gram': flat @ flat.T, 'cross': flat @ target.reshape(-1),
             'energy': float(target.reshape(-1) @ target.reshape(-1)),
             'average': psnr_of_mse(np.mean((teachers.mean(axis=0) - target) ** 2)),
@@ -130,26 +171,36 @@ class FusionBounds:
             average=float(np.mean([image['average'] for image in images])),
             global_weights=[float(weight) for weight in weights], global_psnr=float(np.mean(global_psnr)),
             patch_psnr={size: float(np.mean([image['patch'][size] for image in images])) for size in self.patch_sizes},
-            pixel_best=float(np.mean([image['pixel_best'] for image in images])))
+            pixel_best=float(np.mean([image['pixel_best'] for image in images])),
+            transfer_psnr=None if self.transfer_weights is None
+            else float(np.mean([image['transfer'] for image in images])))
 
 
 def fusion_bounds_markdown(bounds: FusionBounds, datasets: Sequence[str] | None = None, digits: int = 3) -> str:
     """One Markdown table (a row per set) and the fitted global weights of each set."""
     rows = [bounds.row(dataset) for dataset in datasets or bounds.datasets]
     sizes = bounds.patch_sizes
+    transfer = bounds.transfer_weights is not None
     lines = ['Fusion bounds (Y PSNR, dB; oracles fitted to the ground truth; mtkd/fusion_bounds.py):', '',
-             '| set | average | best global weights | ' + ' | '.join(f'patch {size}' for size in sizes)
-             + ' | pixel best |', '|' + '---|' * (4 + len(sizes))]
+             '| set | average | ' + ('train-fitted weights | ' if transfer else '') + 'best global weights | '
+             + ' | '.join(f'patch {size}' for size in sizes) + ' | pixel best |',
+             '|' + '---|' * (4 + transfer + len(sizes))]
     for row in rows:
-        lines.append(f'| {row.dataset} | {row.average:.{digits}f} | {row.global_psnr:.{digits}f} | '
+        lines.append(f'| {row.dataset} | {row.average:.{digits}f} | '
+                     + (f'{row.transfer_psnr:.{digits}f} | ' if transfer else '') + f'{row.global_psnr:.{digits}f} | '
                      + ' | '.join(f'{row.patch_psnr[size]:.{digits}f}' for size in sizes)
                      + f' | {row.pixel_best:.{digits}f} |')
     lines.append('')
+    if transfer:
+        weights = bounds.transfer_weights
+        lines.append('Train-fitted weights (not fitted to the sets): '
+                     + ', '.join(f'{name} {weight:.3f}' for name, weight in weights.items())
+                     + f' (sum {sum(weights.values()):.3f})')
     for row in rows:
         weights = ', '.join(f'{name} {weight:.3f}' for name, weight in zip(row.teachers, row.global_weights))
         lines.append(f'Global weights, {row.dataset}: {weights} (sum {sum(row.global_weights):.3f})')
     return '\n'.join(lines)
 
 
-__all__ = ['DEFAULT_PATCH_SIZES', 'FusionBoundRow', 'FusionBounds', 'fusion_bounds_markdown', 'least_squares_weights',
-           'patch_oracle', 'pixel_best', 'psnr_of_mse']
+__all__ = ['DEFAULT_PATCH_SIZES', 'FusionBoundRow', 'FusionBounds', 'fit_global_weights', 'fusion_bounds_markdown',
+           'least_squares_weights', 'patch_oracle', 'pixel_best', 'psnr_of_mse']

@@ -511,6 +511,31 @@ class TeacherOutputCache:
         return np.array(self.open_array(teacher_name, stem), dtype=np.float32)
 
 
+def _from_root(path: str, root: str) -> str:
+    """``path`` with ``~`` expanded, taken from ``root`` when relative."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def training_dataset_options(options: Mapping) -> Mapping:
+    """An option file's ``datasets.train`` block, checked to name its GT and LR folders."""
+    train = (options.get('datasets') or {}).get('train')
+    if not isinstance(train, Mapping):
+        raise ValueError("the option file has no datasets: train: block; the cache is made for the training images")
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        if key not in train:
+            raise ValueError(f'datasets.train has no {key}')
+    return train
+
+
+def training_pairs_from_options(options: Mapping, root: str = '.') -> list[dict]:
+    """``[{'gt_path', 'lq_path'}, ...]`` of an option file's training images (relative folders from ``root``)."""
+    train = training_dataset_options(options)
+    return paired_lq_paths(_from_root(train['dataroot_gt'], root), _from_root(train['dataroot_lq'], root),
+                           train.get('filename_tmpl', '{}'),
+                           _from_root(train['meta_info_file'], root) if train.get('meta_info_file') else None)
+
+
 def build_cache_from_options(options: Mapping, root: str = '.', device: str = 'cpu', backend: str = 'npy',
                              tile_size: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
                              progress: bool = True, logger: logging.Logger | None = None
@@ -523,33 +548,23 @@ def build_cache_from_options(options: Mapping, root: str = '.', device: str = 'c
     """
     from mtkd.teachers import teacher_specs_from_options
 
-    def resolve(path: str) -> str:
-        path = os.path.expanduser(path)
-        return path if os.path.isabs(path) else os.path.join(root, path)
-
     for key in ('scale', 'teachers', 'datasets'):
         if key not in options:
             raise ValueError(f"the option file has no '{key}'; a stage-1/distillation file lists teachers: and "
                              'datasets: train:')
-    train = (options['datasets'] or {}).get('train')
-    if not isinstance(train, Mapping):
-        raise ValueError("the option file has no datasets: train: block; the cache is made for the training images")
-    for key in ('dataroot_gt', 'dataroot_lq'):
-        if key not in train:
-            raise ValueError(f'datasets.train has no {key}')
+    train = training_dataset_options(options)
     scale = options['scale']
     specs = teacher_specs_from_options(options['teachers'], root)
-    pairs = paired_lq_paths(resolve(train['dataroot_gt']), resolve(train['dataroot_lq']),
-                            train.get('filename_tmpl', '{}'),
-                            resolve(train['meta_info_file']) if train.get('meta_info_file') else None)
-    lq_paths = [pair['lq_path'] for pair in pairs]
+    lq_paths = [pair['lq_path'] for pair in training_pairs_from_options(options, root)]
     ensemble = TeacherEnsemble(specs, scale, device=device, logger=logger)
-    cache = TeacherOutputCache(resolve(train.get('teacher_cache_root') or DEFAULT_CACHE_ROOT), ensemble.fingerprint(),
+    cache = TeacherOutputCache(_from_root(train.get('teacher_cache_root') or DEFAULT_CACHE_ROOT, root),
+                               ensemble.fingerprint(),
                                dataset_key(lq_paths), scale, backend, tile_size, tile_overlap)
     return cache, cache.build(ensemble, lq_paths, progress=progress, logger=logger)
 
 
 __all__ = ['TeacherOutputCache', 'TeacherCacheError', 'TeacherMismatchError', 'BuildReport', 'LmdbArray',
            'close_lmdb_environments', 'dataset_key',
-           'cache_key', 'image_stem', 'paired_lq_paths', 'build_cache_from_options', 'NpyStorage', 'LmdbStorage',
+           'cache_key', 'image_stem', 'paired_lq_paths', 'build_cache_from_options', 'training_dataset_options',
+           'training_pairs_from_options', 'NpyStorage', 'LmdbStorage',
            'BACKENDS', 'DEFAULT_CACHE_ROOT', 'BUILD_COMMAND']

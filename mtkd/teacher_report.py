@@ -183,7 +183,7 @@ def _nan_mean(values: Sequence[float]) -> float:
 def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], scale: int, niqe: bool = True,
                     tile_size: int | None = None, tile_overlap: int = 16, flat_threshold: float = FLAT_THRESHOLD,
                     logger: logging.Logger | None = None,
-                    observers: Sequence[ImageObserver] = ()) -> list[TeacherReportRow]:
+                    observers: Sequence[ImageObserver] = (), progress: bool = False) -> list[TeacherReportRow]:
     """PSNR/SSIM, NIQE and false texture of each teacher on each benchmark set; one row per (teacher, set).
 
     ``networks``: name → network taking RGB ``(1, 3, h, w)`` in [0, 1] (on its parameters' device) and returning
@@ -192,8 +192,11 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
     the output, with ``crop_border = scale``; PSNR/SSIM are :func:`mtkd.evaluation.score_images`. ``tile_size``:
     run on tiles of this many LR pixels (:func:`mtkd.teachers.run_tiled`) to bound memory. ``observers``:
     accumulators also given every image's teacher outputs, set by set (:class:`ImageObserver`: the error
-    correlation of :mod:`mtkd.error_correlation`, the fusion bounds of :mod:`mtkd.fusion_bounds`).
+    correlation of :mod:`mtkd.error_correlation`, the fusion bounds of :mod:`mtkd.fusion_bounds`). ``progress``:
+    a progress bar per set on stderr (images done, rate, ETA).
     """
+    from tqdm import tqdm
+
     if not networks:
         raise ValueError('networks is empty: give at least one teacher (name -> network)')
     logger = logger or logging.getLogger('mtkd')
@@ -202,7 +205,9 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
     per_image = {(name, set_dir): {} for name in networks for set_dir in set_dirs}
     set_names = {set_dir: os.path.basename(os.path.normpath(set_dir)) for set_dir in set_dirs}
     for set_dir in set_dirs:
-        for image_name, hr_path, lr_path in benchmark_pairs(set_dir, scale):
+        pairs = benchmark_pairs(set_dir, scale)
+        for image_name, hr_path, lr_path in tqdm(pairs, desc=set_names[set_dir], unit='img', disable=not progress,
+                                                 dynamic_ncols=True):
             hr_bgr = read_image(hr_path)
             lr = image_to_tensor(read_image(lr_path))
             outputs = {}

@@ -6,6 +6,7 @@ NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown t
     python scripts/teacher_report.py --opt options/test_imdn_x4.yml --sets Set5 --no-niqe --json report.json
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --error-correlation
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds
+    python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds --fit-on-train
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml options/test_lbnet_t_x4.yml --sets Set5
 
 ``--opt``: one or more option files, each with a ``teachers:`` list (name, network, weights) or a test option file
@@ -29,7 +30,11 @@ import mtkd  # noqa: E402,F401  (compat patches and arch registration, before ba
 from mtkd.config.cli import load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
 from mtkd.error_correlation import ErrorCorrelation, correlation_markdown  # noqa: E402
-from mtkd.fusion_bounds import DEFAULT_PATCH_SIZES, FusionBounds, fusion_bounds_markdown  # noqa: E402
+from mtkd.evaluation import read_image, tensor_to_image  # noqa: E402
+from mtkd.fusion_bounds import (DEFAULT_PATCH_SIZES, FusionBounds, fit_global_weights,  # noqa: E402
+                                fusion_bounds_markdown)
+from mtkd.teacher_cache import (TeacherCacheError, build_cache_from_options, image_stem,  # noqa: E402
+                                training_pairs_from_options)
 from mtkd.teacher_report import (FLAT_THRESHOLD, networks_from_option_file, report_markdown,  # noqa: E402
                                  report_teachers)
 from mtkd.teachers import TeacherWeightsError  # noqa: E402
@@ -52,11 +57,16 @@ def build_argument_parser() -> argparse.ArgumentParser:
                              'weights, best weights per patch, best teacher per pixel (mtkd/fusion_bounds.py)')
     parser.add_argument('--patch-sizes', type=int, nargs='+', default=list(DEFAULT_PATCH_SIZES),
                         help=f'patch sizes of --fusion-bounds (default {" ".join(map(str, DEFAULT_PATCH_SIZES))})')
+    parser.add_argument('--fit-on-train', action='store_true',
+                        help='with --fusion-bounds: also score global weights fitted on the training images of the '
+                             'first --opt file (datasets.train, through its teacher cache, built if missing): what a '
+                             'fixed weighting learned there gives on the sets')
     parser.add_argument('--flat-threshold', type=float, default=FLAT_THRESHOLD,
                         help=f'false texture: GT high-frequency energy below which a pixel is flat, grey levels '
                              f'(default {FLAT_THRESHOLD})')
     parser.add_argument('--tile-size', type=int, default=None, help='run teachers on LR tiles of this size')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar per set on stderr')
     parser.add_argument('--json', default=None, help='also write the rows (with per-image values) to this JSON file')
     return parser
 
@@ -88,18 +98,47 @@ def networks_of_files(paths: list[str], scale: int | None, device: str,
     return scale, networks
 
 
+def train_fitted_weights(option_file: str, scale: int, teacher_names: list[str], device: str,
+                         logger: logging.Logger) -> dict[str, float]:
+    """Global least-squares teacher weights on the option file's training images (Y, crop = scale), read from
+    its teacher cache (built first if missing); its teachers must be the reported ones (its scale,
+    :func:`networks_of_files` has checked)."""
+    options = load_option_file(option_file)
+    names = [entry.get('name') for entry in options.get('teachers') or []]
+    if sorted(names) != sorted(teacher_names):
+        raise ValueError(f'--fit-on-train: {option_file} has teachers {names} but the report has {teacher_names}; '
+                         'the training cache must hold every reported teacher (report that file\'s teachers only)')
+    cache, _ = build_cache_from_options(options, root=REPO_ROOT, device=device, logger=logger)
+
+    def images():
+        for pair in training_pairs_from_options(options, REPO_ROOT):
+            stem = image_stem(pair['lq_path'])
+            outputs = {name: tensor_to_image(torch.from_numpy(cache.read_full(name, stem)).permute(2, 0, 1)[None])
+                       for name in cache.teacher_names}
+            yield outputs, read_image(pair['gt_path'])
+
+    return fit_global_weights(images(), crop_border=scale)
+
+
 def main(argv=None) -> int:
     args = build_argument_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
     logger = logging.getLogger('mtkd')
+    if args.fit_on_train and not args.fusion_bounds:
+        print('error: --fit-on-train adds a row to the fusion bounds: pass --fusion-bounds too', file=sys.stderr)
+        return 2
     try:
         scale, networks = networks_of_files(args.opt, args.scale, args.device, logger)
         correlation = ErrorCorrelation() if args.error_correlation else None
-        bounds = FusionBounds(args.patch_sizes) if args.fusion_bounds else None
+        transfer = (train_fitted_weights(args.opt[0], scale, list(networks), args.device, logger)
+                    if args.fit_on_train else None)
+        bounds = FusionBounds(args.patch_sizes, transfer_weights=transfer) if args.fusion_bounds else None
         rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
                                tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger,
-                               observers=[observer for observer in (correlation, bounds) if observer is not None])
-    except (TeacherWeightsError, WeightLoadError, OptionError, FileNotFoundError, ValueError) as error:
+                               observers=[observer for observer in (correlation, bounds) if observer is not None],
+                               progress=not args.no_progress)
+    except (TeacherWeightsError, WeightLoadError, OptionError, TeacherCacheError, FileNotFoundError,
+            ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     print(report_markdown(rows))
@@ -117,6 +156,8 @@ def main(argv=None) -> int:
             for dataset in correlation.datasets:
                 names, matrix = correlation.matrix(dataset)
                 content['error_correlation'][dataset] = {'teachers': names, 'matrix': matrix.tolist()}
+        if transfer is not None:
+            content['train_fitted_weights'] = transfer
         if bounds is not None:
             content['fusion_bounds'] = {dataset: dataclasses.asdict(bounds.row(dataset)) for dataset in bounds.datasets}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -6,12 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import load_script
 from mtkd.evaluation import y_planes
-from mtkd.fusion_bounds import (FusionBounds, fusion_bounds_markdown, least_squares_weights, patch_oracle,
-                                pixel_best, psnr_of_mse)
-from test_error_correlation import constructed_case, noisy, twin_teacher_option_file
+from mtkd.fusion_bounds import (FusionBounds, fit_global_weights, fusion_bounds_markdown, least_squares_weights,
+                                patch_oracle, pixel_best, psnr_of_mse)
+from test_error_correlation import constructed_case, noisy, twin_teacher_option_file, write_tiny_teacher_files
 from test_teacher_report import write_benchmark
 
 
@@ -69,6 +70,34 @@ def test_row_matches_a_direct_computation_on_two_images_of_different_sizes():
     assert in_sample > row.global_psnr
 
 
+def test_weights_fitted_elsewhere_score_like_the_sets_own_fit_when_they_are_the_same():
+    images = []
+    for seed, size in ((0, (40, 56)), (1, (72, 24))):
+        gt, first, second = constructed_case(seed, size)
+        images.append(({'a': noisy(gt, first), 'b': noisy(gt, (first + 2 * second) // 3),
+                        'c': noisy(gt, second + 5)}, gt))
+    own = FusionBounds(patch_sizes=(8,))
+    for outputs, gt in images:
+        own.add('Two', outputs, gt, crop_border=3)
+    row = own.row('Two')
+    fitted = fit_global_weights(iter(images), crop_border=3)  # pooled normal equations, one image at a time
+    assert list(fitted) == ['a', 'b', 'c'] and np.allclose(list(fitted.values()), row.global_weights, atol=1e-10)
+    assert row.transfer_psnr is None
+    # Fitted weights (given in another order) score exactly the set's own global fit; equal thirds, the average.
+    for weights, expected in ((dict(reversed(fitted.items())), row.global_psnr),
+                              ({'c': 1 / 3, 'a': 1 / 3, 'b': 1 / 3}, row.average)):
+        transferred = FusionBounds(patch_sizes=(8,), transfer_weights=weights)
+        for outputs, gt in images:
+            transferred.add('Two', outputs, gt, crop_border=3)
+        assert transferred.row('Two').transfer_psnr == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match=r"transfer weights are for teachers \['a', 'b'\]"):
+        FusionBounds(transfer_weights={'a': 0.5, 'b': 0.5}).add('Two', *images[0], crop_border=3)
+    with pytest.raises(ValueError, match='no image to fit'):
+        fit_global_weights([], crop_border=3)
+    with pytest.raises(ValueError, match="differ from the earlier images"):
+        fit_global_weights([images[0], ({'a': images[1][0]['a']}, images[1][1])], crop_border=3)
+
+
 def test_opposite_errors_average_to_the_ground_truth():
     gt, first, _ = constructed_case()
     bounds = FusionBounds()
@@ -102,16 +131,54 @@ def test_script_prints_and_writes_the_bounds(tmp_path, capsys):
     script = load_script('teacher_report')
     assert script.main(['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe', '--fusion-bounds',
                         '--patch-sizes', '8', '4', '--json', str(report)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert 'Tiny: 100%' in captured.err and '2/2' in captured.err  # the per-set progress bar, on stderr
     assert '| set | average | best global weights | patch 8 | patch 4 | pixel best |' in printed
     content = json.loads(report.read_text())
     bound = content['fusion_bounds']['Tiny']
     assert bound['teachers'] == ['first', 'second'] and bound['num_images'] == 2
     assert bound['average'] == pytest.approx(content['rows'][0]['psnr'], abs=1e-9)
     assert bound['global_psnr'] >= bound['average'] - 1e-9
+    assert script.main(['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe', '--no-progress']) == 0
+    assert 'Tiny' not in capsys.readouterr().err
     assert script.main(['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe', '--fusion-bounds',
                         '--patch-sizes', '0']) == 2
     assert 'patch sizes must be integers of at least 2' in capsys.readouterr().err
+
+
+def test_script_scores_weights_fitted_on_the_training_images(tmp_path, capsys):
+    option_file = twin_teacher_option_file(tmp_path)
+    train_dir = write_benchmark(tmp_path / 'Train', [(32, 40), (24, 24), (40, 24)], seed=3)
+    options = yaml.safe_load(option_file.read_text())
+    options['datasets'] = {'train': {'name': 'train', 'type': 'TeacherPairedImageDataset',
+                                     'dataroot_gt': str(train_dir / 'HR'), 'dataroot_lq': str(train_dir / 'LR_bicubic/X2'),
+                                     'filename_tmpl': '{}x2', 'teacher_cache_root': str(tmp_path / 'cache')}}
+    option_file.write_text(yaml.safe_dump(options))
+    set_dir = write_benchmark(tmp_path / 'Tiny', [(24, 32)])
+    report = tmp_path / 'report.json'
+    script = load_script('teacher_report')
+    arguments = ['--opt', str(option_file), '--sets', str(set_dir), '--no-niqe', '--fusion-bounds',
+                 '--patch-sizes', '8']
+    assert script.main(arguments + ['--fit-on-train', '--json', str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert '| set | average | train-fitted weights | best global weights | patch 8 | pixel best |' in printed
+    content = json.loads(report.read_text())
+    weights, bound = content['train_fitted_weights'], content['fusion_bounds']['Tiny']
+    # Twin teachers: the minimum-norm fit splits the weight evenly.
+    assert list(weights) == ['first', 'second'] and weights['first'] == pytest.approx(weights['second'], abs=1e-9)
+    # The random tiny teachers output a dimmed image: training and benchmark images alike (same generator) call for
+    # about the same gain, far from the average's 1, and the transferred fit scores close to, not above, the own fit.
+    assert sum(weights.values()) == pytest.approx(sum(bound['global_weights']), rel=0.05)
+    assert abs(sum(weights.values()) - 1) > 0.5
+    assert bound['global_psnr'] - 0.1 < bound['transfer_psnr'] <= bound['global_psnr'] and \
+        bound['transfer_psnr'] > bound['average'] + 3
+    assert len(list((tmp_path / 'cache').glob('*/first/*.npy'))) == 3  # the training cache was built on the way
+    assert script.main(arguments[:-3] + ['--fit-on-train']) == 2
+    assert '--fit-on-train adds a row to the fusion bounds' in capsys.readouterr().err
+    third = write_tiny_teacher_files(tmp_path, seeds=(1,), scales=(2,), names=('third',))
+    assert script.main(arguments[:1] + [str(option_file)] + third + arguments[2:] + ['--fit-on-train']) == 2
+    assert "has teachers ['first', 'second'] but the report has ['first', 'second', 'third']" in capsys.readouterr().err
 
 
 def test_markdown_layout():
