@@ -218,14 +218,39 @@ def _normalise(entries: Sequence[Mapping]) -> list[dict]:
     return json.loads(json.dumps([dict(entry) for entry in entries], sort_keys=True, default=repr))
 
 
+def _arch_defaults(arch_type: str) -> dict[str, Any] | None:
+    """The arch's constructor defaults, canonical as in fingerprints; None for an arch not registered."""
+    try:
+        return canonical_network_args({'type': arch_type})
+    except ValueError:
+        return None
+
+
+def _fill_added_arguments(saved: list[dict], current: list[dict]) -> None:
+    """Give each saved teacher the arguments its arch gained since it was saved, where the current teacher
+    uses them at their default (in place). A switch added later, off by default, leaves the network as it was."""
+    for old, new in zip(saved, current):
+        old_args, new_args = old.get('args'), new.get('args')
+        if old.get('type') != new.get('type') or not isinstance(old_args, dict) or not isinstance(new_args, dict):
+            continue
+        added = set(new_args) - set(old_args)
+        defaults = _arch_defaults(new['type']) if added else None
+        for key in added:
+            if defaults is not None and key in defaults and new_args[key] == defaults[key]:
+                old_args[key] = new_args[key]
+
+
 def check_fingerprint(saved: Sequence[Mapping], current: Sequence[Mapping], what: str = 'KA checkpoint') -> None:
     """Raise :class:`TeacherMismatchError` unless ``saved`` and ``current`` describe the same teachers in order.
 
     Order matters: teacher ``i`` is channel group ``i`` of the KA network's input and folder ``i`` of the
     cache, so a reordered list is a mismatch. The message shows both lists side by side, marks each row
-    that differs with the fields that differ, and names both orders.
+    that differs with the fields that differ, and names both orders. An argument the arch gained after the
+    fingerprint was saved matches when the current teacher leaves it at its default (so a new switch does not
+    orphan checkpoints); any other difference in ``args``, a changed default included, is a mismatch.
     """
     saved, current = _normalise(saved), _normalise(current)
+    _fill_added_arguments(saved, current)
     if saved == current:
         return
     left_title, right_title = f'saved ({what})', 'current (options)'

@@ -105,6 +105,24 @@ def test_fingerprints_equal_for_same_specs_and_order_matters(specs, tmp_path):
     assert isinstance(caught.value, ValueError)
 
 
+def test_an_argument_added_to_the_arch_later_matches_only_at_its_default(specs):
+    current = TeacherEnsemble(specs, SCALE).fingerprint()
+    saved = [dict(entry, args=dict(entry['args'])) for entry in current]
+    del saved[0]['args']['img_range']  # saved before IMDN had img_range; the current teacher uses the default 1.0
+    check_fingerprint(saved, current)
+    assert 'img_range' not in saved[0]['args']  # the saved list itself is left as it was
+    scaled = [TeacherSpec('imdn_tiny', dict(IMDN_NETWORK, img_range=255.0), specs[0].weights), specs[1]]
+    with pytest.raises(TeacherMismatchError, match=r'imdn_tiny.*<- differs: args'):
+        check_fingerprint(saved, fingerprint_specs(scaled))  # not the default: not the network that was saved
+    saved[1]['args']['res_scale'] = 0.5  # a changed value of an argument both sides have
+    with pytest.raises(TeacherMismatchError, match=r'edsr_tiny.*<- differs: args'):
+        check_fingerprint(saved, current)
+    removed = [dict(entry, args=dict(entry['args'])) for entry in current]
+    removed[1]['args']['retired_switch'] = False  # an argument the arch no longer has
+    with pytest.raises(TeacherMismatchError, match=r'edsr_tiny.*<- differs: args'):
+        check_fingerprint(removed, current)
+
+
 def test_changed_weights_change_the_fingerprint(specs):
     before = TeacherEnsemble(specs, SCALE).fingerprint()
     save_random_weights(EDSR_NETWORK, specs[1].weights, seed=3)
