@@ -5,8 +5,9 @@ Rows are models or methods, columns are datasets, each cell ``PSNR/SSIM`` (Y cha
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Column order of the field's benchmark tables; other datasets follow in order of appearance.
 BENCHMARK_ORDER = ('Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109')
@@ -14,10 +15,44 @@ BENCHMARK_ORDER = ('Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109')
 
 @dataclass(frozen=True)
 class TableRow:
-    """One row: a label, its scale, and ``dataset -> {metric: mean}``."""
+    """One row: a label, its scale, and ``dataset -> {metric: mean}``; a row merged from several runs
+    (:func:`merge_runs`) also has ``dataset -> {metric: sample standard deviation over the runs}``."""
     label: str
     scale: int | None
     means: dict[str, dict[str, float]]
+    spread: dict[str, dict[str, float]] = field(default_factory=dict)
+    runs: int = 1
+
+
+def merge_runs(rows: list[TableRow]) -> list[TableRow]:
+    """One row per label, in order of first appearance: rows with the same label (runs of one method, e.g. seeds)
+    become their mean, with the sample standard deviation (n - 1) as ``spread`` and the label ``<label> (n runs)``.
+
+    The runs must share the scale and be measured on the same datasets and metrics, else the mean would mix
+    different things: that raises ValueError naming the label.
+    """
+    groups: dict[str, list[TableRow]] = {}
+    for row in rows:
+        groups.setdefault(row.label, []).append(row)
+    merged = []
+    for label, runs in groups.items():
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        layout = {dataset: sorted(metrics) for dataset, metrics in runs[0].means.items()}
+        if any(run.scale != runs[0].scale or {d: sorted(m) for d, m in run.means.items()} != layout for run in runs):
+            raise ValueError(f"the runs labelled '{label}' differ in scale, datasets or metrics: "
+                             f'{[(run.scale, {d: sorted(m) for d, m in run.means.items()}) for run in runs]}')
+        means, spread = {}, {}
+        for dataset, metrics in layout.items():
+            for metric in metrics:
+                values = [run.means[dataset][metric] for run in runs]
+                mean = sum(values) / len(values)
+                means.setdefault(dataset, {})[metric] = mean
+                spread.setdefault(dataset, {})[metric] = math.sqrt(
+                    sum((value - mean) ** 2 for value in values) / (len(values) - 1))
+        merged.append(TableRow(f'{label} ({len(runs)} runs)', runs[0].scale, means, spread, len(runs)))
+    return merged
 
 
 def read_metrics_file(path: str, label: str | None = None, with_other_outputs: bool = False) -> list[TableRow]:
@@ -50,16 +85,22 @@ def dataset_columns(rows: list[TableRow]) -> list[str]:
     return [name for name in BENCHMARK_ORDER if name in seen] + [name for name in seen if name not in BENCHMARK_ORDER]
 
 
-def format_cell(means: dict[str, float] | None, psnr_digits: int = 2, ssim_digits: int = 4) -> str:
-    """``PSNR/SSIM`` (``-`` for a dataset the row was not tested on)."""
+def format_cell(means: dict[str, float] | None, psnr_digits: int = 2, ssim_digits: int = 4,
+                spread: dict[str, float] | None = None) -> str:
+    """``PSNR/SSIM`` (``-`` for a dataset the row was not tested on); with ``spread``, ``PSNR±sd/SSIM±sd``."""
     if not means:
         return '-'
+    spread = spread or {}
+
+    def number(name: str, digits: int) -> str:
+        return f'{means[name]:.{digits}f}' + (f'±{spread[name]:.{digits}f}' if name in spread else '')
+
     parts = []
     if 'psnr' in means:
-        parts.append(f"{means['psnr']:.{psnr_digits}f}")
+        parts.append(number('psnr', psnr_digits))
     if 'ssim' in means:
-        parts.append(f"{means['ssim']:.{ssim_digits}f}")
-    parts += [f'{value:.4f}' for name, value in means.items() if name not in ('psnr', 'ssim')]
+        parts.append(number('ssim', ssim_digits))
+    parts += [number(name, 4) for name in means if name not in ('psnr', 'ssim')]
     return '/'.join(parts)
 
 
@@ -69,6 +110,6 @@ def markdown_table(rows: list[TableRow], psnr_digits: int = 2, ssim_digits: int 
     lines = ['| Method | Scale | ' + ' | '.join(columns) + ' |', '|---|---|' + '---|' * len(columns)]
     for row in rows:
         scale = f'x{row.scale}' if row.scale else '-'
-        cells = [format_cell(row.means.get(name), psnr_digits, ssim_digits) for name in columns]
+        cells = [format_cell(row.means.get(name), psnr_digits, ssim_digits, row.spread.get(name)) for name in columns]
         lines.append(f'| {row.label} | {scale} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

@@ -8,6 +8,8 @@
 #                                                 # evaluate them and print the table
 #   SEED=1 METHODS="alone at mtkd" bash scripts/light_comparison.sh train   # other seeds, some methods: the spread
 #                                                 # (runs named ..._cpu1200_seed1; seed 0 keeps the plain names)
+#   SEEDS="1 2" METHODS="alone at mtkd" bash scripts/light_comparison.sh spread   # mean±sd over seed 0 (the
+#                                                 # committed students) and the trained SEEDS, one row per method
 # Needs `make link-shared` (data, official teacher weights) and `make prepare-train291` for training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +47,26 @@ case "$mode" in
     printf '%s\n' $METHODS | xargs -P "$JOBS" -I{} bash -c 'train_one {}'
     ;;
   evaluate) ;;
-  *) echo "usage: $0 evaluate|train" >&2; exit 2 ;;
+  spread)
+    results=()
+    for i in "${!methods[@]}"; do
+      method=${methods[$i]}
+      [[ " $METHODS " == *" $method "* ]] || continue
+      if [ ! -f "results/test_light_edsr32_x4_$method/metrics.json" ]; then  # seed 0: the committed student
+        "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" > "/tmp/mtkd_test_light_$method.log" 2>&1 \
+          || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
+      fi
+      results+=("results/test_light_edsr32_x4_$method=${labels[$i]}")
+      for seed in ${SEEDS:?set SEEDS, e.g. SEEDS=\"1 2\"}; do
+        out=results/test_light_edsr32_x4_${method}_cpu${ITERS}_seed$seed
+        [ -f "$out/metrics.json" ] || { echo "$out/metrics.json missing: run SEED=$seed METHODS=$method $0 train" >&2; exit 1; }
+        results+=("$out=${labels[$i]}")
+      done
+    done
+    "$PY" scripts/make_table.py "${results[@]}" --digits 3 --merge-runs
+    exit 0
+    ;;
+  *) echo "usage: $0 evaluate|train|spread" >&2; exit 2 ;;
 esac
 
 results=()

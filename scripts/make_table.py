@@ -2,7 +2,9 @@
 """Markdown table (rows: models/methods, columns: datasets, cells PSNR/SSIM) from metrics.json files.
 
     python scripts/make_table.py results/test_imdn_x4 results/test_rlfn_x4=RLFN --digits 3
-A path may be a results folder or a metrics.json file; ``=Label`` renames its row.
+    python scripts/make_table.py results/run_seed0=MTKD results/run_seed1=MTKD results/run_seed2=MTKD --merge-runs
+A path may be a results folder or a metrics.json file; ``=Label`` renames its row. ``--merge-runs``: rows with one
+label (e.g. seeds of one method) become one row ``mean±sd`` (sample standard deviation), labelled with the count.
 """
 import argparse
 import os
@@ -10,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
-from mtkd.tables import markdown_table, read_metrics_file  # noqa: E402
+from mtkd.tables import markdown_table, merge_runs, read_metrics_file  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -20,12 +22,20 @@ def main(argv=None) -> int:
     parser.add_argument('--ssim-digits', type=int, default=4, help='SSIM decimals')
     parser.add_argument('--with-other-outputs', action='store_true',
                         help='also rows for other outputs recorded in the file (teachers, teacher average)')
+    parser.add_argument('--merge-runs', action='store_true',
+                        help='one row per label: the mean±sd over the results given that label (seeds of a method)')
     parser.add_argument('--output', help='also write the table to this file')
     args = parser.parse_args(argv)
     rows = []
     for item in args.results:
         path, _, label = item.partition('=')
         rows += read_metrics_file(path, label or None, args.with_other_outputs)
+    if args.merge_runs:
+        try:
+            rows = merge_runs(rows)
+        except ValueError as error:
+            print(f'error: {error}', file=sys.stderr)
+            return 2
     table = markdown_table(rows, args.digits, args.ssim_digits)
     print(table)
     if args.output:
