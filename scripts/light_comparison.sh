@@ -8,8 +8,10 @@
 #                                                 # evaluate them and print the table
 #   SEED=1 METHODS="alone at mtkd" bash scripts/light_comparison.sh train   # other seeds, some methods: the spread
 #                                                 # (runs named ..._cpu1200_seed1; seed 0 keeps the plain names)
+#   SEED=1 METHODS="alone at mtkd" bash scripts/light_comparison.sh score   # evaluate runs trained earlier
 #   SEEDS="1 2" METHODS="alone at mtkd" bash scripts/light_comparison.sh spread   # mean±sd over seed 0 (the
 #                                                 # committed students) and the trained SEEDS, one row per method
+# The whole script is read before it runs (main), so editing it while a long training runs is safe.
 # Needs `make link-shared` (data, official teacher weights) and `make prepare-train291` for training.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,79 +21,88 @@ JOBS=${JOBS:-2}
 SEED=${SEED:-0}
 RUN=cpu$ITERS
 [ "$SEED" = 0 ] || RUN=cpu${ITERS}_seed$SEED
-mode=${1:-evaluate}
 # method -> training option file suffix ("" is MTKD itself)
 methods=(alone kd at fakd dukd mtkd v5_l1 v6_dct v7_highfreq)
 labels=("student alone" "KD (RLFN)" "AT (RLFN)" "FAKD (RLFN)" "DUKD (RLFN)" "MTKD (wavelet, I_MT)"
         "MTKD v5 (L1, I_MT)" "MTKD v6 (DCT, I_MT)" "MTKD v7 (high-freq. wavelet, I_MT)")
 # training order: the slowest first, so the two job slots finish together
 METHODS=${METHODS:-dukd fakd at mtkd kd alone v5_l1 v6_dct v7_highfreq}
-for method in $METHODS; do
-  [[ " ${methods[*]} " == *" $method "* ]] || { echo "unknown method '$method' in METHODS; known: ${methods[*]}" >&2; exit 2; }
-done
+
+suffix_of() {  # the option-file suffix of a method ("" for MTKD itself)
+  if [ "$1" = mtkd ]; then echo ""; else echo "_$1"; fi
+}
 
 train_one() {  # $1: method
-  local method=$1 suffix=_$1
-  [ "$method" = mtkd ] && suffix=
+  local method=$1 suffix
+  suffix=$(suffix_of "$method")
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$PY" mtkd/train.py -opt "options/stage2_light_edsr32_x4$suffix.yml" \
     --force_yml "name=stage2_light_edsr32_x4${suffix}_$RUN" "manual_seed=$SEED" "train:total_iter=$ITERS" \
     "train:scheduler:milestones=[$((ITERS * 2 / 3)),$((ITERS * 5 / 6))]" val:val_freq=100000 \
     "logger:save_checkpoint_freq=$((ITERS / 2))" channels_last=true \
     > "/tmp/mtkd_light_${method}_$RUN.log" 2>&1 || { echo "training $method failed: see /tmp/mtkd_light_${method}_$RUN.log"; return 1; }
 }
-export -f train_one
-export PY ITERS SEED RUN
 
-case "$mode" in
-  train)
-    printf '%s\n' $METHODS | xargs -P "$JOBS" -I{} bash -c 'train_one {}'
-    ;;
-  evaluate) ;;
-  spread)
-    results=()
-    for i in "${!methods[@]}"; do
-      method=${methods[$i]}
-      [[ " $METHODS " == *" $method "* ]] || continue
-      if [ ! -f "results/test_light_edsr32_x4_$method/metrics.json" ]; then  # seed 0: the committed student
-        "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" > "/tmp/mtkd_test_light_$method.log" 2>&1 \
-          || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
-      fi
-      results+=("results/test_light_edsr32_x4_$method=${labels[$i]}")
-      for seed in ${SEEDS:?set SEEDS, e.g. SEEDS=\"1 2\"}; do
-        out=results/test_light_edsr32_x4_${method}_cpu${ITERS}_seed$seed
-        [ -f "$out/metrics.json" ] || { echo "$out/metrics.json missing: run SEED=$seed METHODS=$method $0 train" >&2; exit 1; }
-        results+=("$out=${labels[$i]}")
-      done
+score() {  # $1: committed (the students under pretrained/mtkd/) or trained (experiments/..._$RUN); prints the table
+  local which=$1 results=() i method suffix test_file out label overrides
+  for i in "${!methods[@]}"; do
+    method=${methods[$i]}
+    [[ " $METHODS " == *" $method "* ]] || continue
+    if [ "$which" = committed ] && [ ! -f "options/test_light_edsr32_x4_$method.yml" ]; then
+      echo "skip $method: no committed student (options/test_light_edsr32_x4_$method.yml)"; continue
+    fi
+    suffix=$(suffix_of "$method")
+    test_file=options/test_light_edsr32_x4_$method.yml
+    overrides=()
+    if [ "$which" = trained ]; then
+      test_file=options/test_light_edsr32_x4_mtkd.yml  # the test files differ only in name and weights
+      overrides=(--force_yml "path:pretrain_network_g=experiments/stage2_light_edsr32_x4${suffix}_$RUN/models/net_g_$ITERS.pth"
+                 "name=test_light_edsr32_x4_${method}_$RUN")
+      out=results/test_light_edsr32_x4_${method}_$RUN
+    else
+      out=results/test_light_edsr32_x4_$method
+    fi
+    "$PY" mtkd/test.py -opt "$test_file" "${overrides[@]}" \
+      > "/tmp/mtkd_test_light_$method.log" 2>&1 || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
+    label=${labels[$i]}
+    [ "$which" = committed ] || [ "$SEED" = 0 ] || label="$label, seed $SEED"
+    results+=("$out=$label")
+  done
+  "$PY" scripts/make_table.py "${results[@]}" --digits 3
+}
+
+spread() {  # mean±sd per method over seed 0 (the committed student) and the trained SEEDS
+  local results=() i method seed out
+  for i in "${!methods[@]}"; do
+    method=${methods[$i]}
+    [[ " $METHODS " == *" $method "* ]] || continue
+    if [ ! -f "results/test_light_edsr32_x4_$method/metrics.json" ]; then
+      "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" > "/tmp/mtkd_test_light_$method.log" 2>&1 \
+        || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
+    fi
+    results+=("results/test_light_edsr32_x4_$method=${labels[$i]}")
+    for seed in ${SEEDS:?set SEEDS, e.g. SEEDS=\"1 2\"}; do
+      out=results/test_light_edsr32_x4_${method}_cpu${ITERS}_seed$seed
+      [ -f "$out/metrics.json" ] || { echo "$out/metrics.json missing: run SEED=$seed METHODS=$method $0 train" >&2; exit 1; }
+      results+=("$out=${labels[$i]}")
     done
-    "$PY" scripts/make_table.py "${results[@]}" --digits 3 --merge-runs
-    exit 0
-    ;;
-  *) echo "usage: $0 evaluate|train|spread" >&2; exit 2 ;;
-esac
+  done
+  "$PY" scripts/make_table.py "${results[@]}" --digits 3 --merge-runs
+}
 
-results=()
-for i in "${!methods[@]}"; do
-  method=${methods[$i]}
-  [[ " $METHODS " == *" $method "* ]] || continue
-  if [ "$mode" = evaluate ] && [ ! -f "options/test_light_edsr32_x4_$method.yml" ]; then
-    echo "skip $method: no committed student (options/test_light_edsr32_x4_$method.yml)"; continue
-  fi
-  suffix=_$method
-  [ "$method" = mtkd ] && suffix=
-  test_file=options/test_light_edsr32_x4_$method.yml
-  overrides=()
-  if [ "$mode" = train ]; then
-    test_file=options/test_light_edsr32_x4_mtkd.yml  # the test files differ only in name and weights
-    overrides=(--force_yml "path:pretrain_network_g=experiments/stage2_light_edsr32_x4${suffix}_$RUN/models/net_g_$ITERS.pth"
-               "name=test_light_edsr32_x4_${method}_$RUN")
-    out=results/test_light_edsr32_x4_${method}_$RUN
-  else
-    out=results/test_light_edsr32_x4_$method
-  fi
-  "$PY" mtkd/test.py -opt "$test_file" "${overrides[@]}" \
-    > "/tmp/mtkd_test_light_$method.log" 2>&1 || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
-  label=${labels[$i]}
-  [ "$SEED" = 0 ] || label="$label, seed $SEED"
-  results+=("$out=$label")
-done
-"$PY" scripts/make_table.py "${results[@]}" --digits 3
+main() {
+  local method
+  for method in $METHODS; do
+    [[ " ${methods[*]} " == *" $method "* ]] || { echo "unknown method '$method' in METHODS; known: ${methods[*]}" >&2; exit 2; }
+  done
+  export -f train_one suffix_of
+  export PY ITERS SEED RUN
+  case "${1:-evaluate}" in
+    train) printf '%s\n' $METHODS | xargs -P "$JOBS" -I{} bash -c 'train_one {}'; score trained ;;
+    score) score trained ;;
+    evaluate) score committed ;;
+    spread) spread ;;
+    *) echo "usage: $0 evaluate|train|score|spread" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"; exit
