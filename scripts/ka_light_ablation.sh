@@ -10,6 +10,8 @@
 #   bash scripts/ka_light_ablation.sh evaluate    # evaluates runs already under experiments/ and prints the table
 #   VARIANTS="base no_dct" bash scripts/ka_light_ablation.sh train   # a subset
 # Needs `make link-shared` (data, official teacher weights) and `make prepare-train291`.
+# The body is one { ... } block, read whole before it runs, so editing this file during a long training is safe.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -73,3 +75,5 @@ done
 if [ -f "results/test_ka_light_x4_base_cpu$ITERS/metrics.json" ]; then
   "$PY" scripts/make_table.py "results/test_ka_light_x4_base_cpu$ITERS=base" --with-other-outputs --digits 3
 fi
+exit
+}

@@ -2,6 +2,8 @@
 # Re-measure the README's reproduction table: every official model with weights in pretrained/official/,
 # through the normal entry point, then one Markdown table per scale from the metrics.json files.
 # Usage: bash scripts/reproduce_official.sh [option-name ...]   (default: all below; ~30 min on 2 CPU cores)
+# The body is one { ... } block, read whole before it runs, so editing this file while it runs is safe.
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -24,3 +26,5 @@ for scale in 2 3 4; do
   done
   [ ${#results[@]} -gt 0 ] && { echo; echo "x$scale"; "$PY" scripts/make_table.py "${results[@]}" --digits 3; }
 done
+exit
+}
