@@ -72,6 +72,12 @@ def pixel_best(teachers: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.take_along_axis(teachers, choice[None], axis=0)[0]
 
 
+def _normal_equations(teachers: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``T Tᵀ`` and ``T y`` of the teachers ``(N, H, W)`` against ``target`` ``(H, W)``, pixels pooled."""
+    flat = teachers.reshape(teachers.shape[0], -1)
+    return flat @ flat.T, flat @ target.reshape(-1)
+
+
 def fit_global_weights(images: Iterable[tuple[Mapping[str, np.ndarray], np.ndarray]],
                        crop_border: int) -> dict[str, float]:
     """Least-squares weights ``{teacher: w}`` of ``Σ_i w_i T_i`` pooled over ``images``, pairs of
@@ -83,9 +89,8 @@ def fit_global_weights(images: Iterable[tuple[Mapping[str, np.ndarray], np.ndarr
             names = list(outputs)
         elif list(outputs) != names:
             raise ValueError(f'teachers {list(outputs)} differ from the earlier images\' {names}')
-        teachers, target = y_planes(outputs, gt_bgr_uint8, crop_border)
-        flat = teachers.reshape(len(names), -1)
-        gram, cross = gram + flat @ flat.T, cross + flat @ target.reshape(-1)
+        image_gram, image_cross = _normal_equations(*y_planes(outputs, gt_bgr_uint8, crop_border))
+        gram, cross = gram + image_gram, cross + image_cross
     if names is None:
         raise ValueError('no image to fit the weights on')
     weights = np.linalg.lstsq(gram, cross, rcond=None)[0]
@@ -143,14 +148,14 @@ class FusionBounds:
             raise ValueError(f'{dataset}: the transfer weights are for teachers {sorted(self.transfer_weights)}, '
                              f'the outputs come from {sorted(names)}: fit them on the same teachers')
         teachers, target = y_planes(outputs, gt_bgr_uint8, crop_border)
-        flat = teachers.reshape(len(names), -1)
+        gram, cross = _normal_equations(teachers, target)
         transfer = None
         if self.transfer_weights is not None:
             fused = np.tensordot([self.transfer_weights[name] for name in names], teachers, axes=1)
             transfer = psnr_of_mse(np.mean((fused - target) ** 2))
         self._images.setdefault(dataset, []).append({
             'transfer': transfer,
-            'count': target.size, 'gram': flat @ flat.T, 'cross': flat @ target.reshape(-1),
+            'count': target.size, 'gram': gram, 'cross': cross,
             'energy': float(target.reshape(-1) @ target.reshape(-1)),
             'average': psnr_of_mse(np.mean((teachers.mean(axis=0) - target) ** 2)),
             'patch': {size: psnr_of_mse(np.mean((patch_oracle(teachers, target, size) - target) ** 2))

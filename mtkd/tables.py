@@ -5,8 +5,8 @@ Rows are models or methods, columns are datasets, each cell ``PSNR/SSIM`` (Y cha
 from __future__ import annotations
 
 import json
-import math
 import os
+import statistics
 from dataclasses import dataclass, field
 
 #: Column order of the field's benchmark tables; other datasets follow in order of appearance.
@@ -34,23 +34,22 @@ def merge_runs(rows: list[TableRow]) -> list[TableRow]:
     groups: dict[str, list[TableRow]] = {}
     for row in rows:
         groups.setdefault(row.label, []).append(row)
+
+    def layout(run: TableRow) -> tuple:
+        return run.scale, {dataset: sorted(metrics) for dataset, metrics in run.means.items()}
+
     merged = []
     for label, runs in groups.items():
         if len(runs) == 1:
             merged.append(runs[0])
             continue
-        layout = {dataset: sorted(metrics) for dataset, metrics in runs[0].means.items()}
-        if any(run.scale != runs[0].scale or {d: sorted(m) for d, m in run.means.items()} != layout for run in runs):
+        if any(layout(run) != layout(runs[0]) for run in runs):
             raise ValueError(f"the runs labelled '{label}' differ in scale, datasets or metrics: "
-                             f'{[(run.scale, {d: sorted(m) for d, m in run.means.items()}) for run in runs]}')
-        means, spread = {}, {}
-        for dataset, metrics in layout.items():
-            for metric in metrics:
-                values = [run.means[dataset][metric] for run in runs]
-                mean = sum(values) / len(values)
-                means.setdefault(dataset, {})[metric] = mean
-                spread.setdefault(dataset, {})[metric] = math.sqrt(
-                    sum((value - mean) ** 2 for value in values) / (len(values) - 1))
+                             f'{[layout(run) for run in runs]}')
+        means = {dataset: {metric: statistics.mean(run.means[dataset][metric] for run in runs) for metric in metrics}
+                 for dataset, metrics in runs[0].means.items()}
+        spread = {dataset: {metric: statistics.stdev([run.means[dataset][metric] for run in runs])
+                            for metric in metrics} for dataset, metrics in runs[0].means.items()}
         merged.append(TableRow(f'{label} ({len(runs)} runs)', runs[0].scale, means, spread, len(runs)))
     return merged
 
