@@ -34,6 +34,7 @@ from mtkd.evaluation import image_to_tensor, read_image, tensor_to_image
 from mtkd.fileio import atomic_write
 from mtkd.teachers import run_tiled
 from mtkd.transforms.padding import PAD_MODES, run_padded
+from mtkd.transforms.self_ensemble import self_ensemble as run_self_ensemble
 from mtkd.weights import PARAM_KEY_AUTO, load_weights
 
 #: File name endings read from an input folder (case-insensitive).
@@ -237,14 +238,18 @@ def load_model(spec: ModelSpec, device: str | torch.device = 'cpu', allow_random
 @torch.no_grad()
 def super_resolve(network: nn.Module, images: torch.Tensor, scale: int, tile_size: int | None = None,
                   tile_overlap: int = DEFAULT_TILE_OVERLAP, pad_multiple: int | None = None,
-                  pad_mode: str = 'symmetric') -> torch.Tensor:
+                  pad_mode: str = 'symmetric', self_ensemble: bool = False) -> torch.Tensor:
     """SR of ``(B, 3, H, W)`` RGB in [0, 1] → ``(B, 3, sH, sW)``, not clamped; tiled when ``tile_size`` is set
-    (see the module docstring for which networks tiling leaves exact), each tile padded to ``pad_multiple``."""
+    (see the module docstring for which networks tiling leaves exact), each tile padded to ``pad_multiple``;
+    ``self_ensemble``: each tile's output is the mean of its 8 rotated/mirrored runs (8x the cost)."""
     if tile_size is not None and (tile_size < 1 or tile_overlap < 0):
         raise ValueError(f'tile size must be >= 1 and tile overlap >= 0, got {tile_size} and {tile_overlap}')
 
+    def run_once(batch: torch.Tensor) -> torch.Tensor:
+        return run_padded(network, batch, pad_multiple, scale, pad_mode)
+
     def run(batch: torch.Tensor) -> list[torch.Tensor]:
-        return [run_padded(network, batch, pad_multiple, scale, pad_mode)]
+        return [run_self_ensemble(run_once, batch) if self_ensemble else run_once(batch)]
 
     output = run_tiled(run, images, scale, tile_size, tile_overlap)[0]
     expected = (images.shape[-2] * scale, images.shape[-1] * scale)
@@ -290,7 +295,7 @@ def default_suffix(spec: ModelSpec) -> str:
 def super_resolve_files(network: nn.Module, paths: Sequence[str], output_dir: str, scale: int, suffix: str,
                         device: str | torch.device = 'cpu', tile_size: int | None = None,
                         tile_overlap: int = DEFAULT_TILE_OVERLAP, pad_multiple: int | None = None,
-                        pad_mode: str = 'symmetric', progress: bool = True) -> list[str]:
+                        pad_mode: str = 'symmetric', progress: bool = True, self_ensemble: bool = False) -> list[str]:
     """Super-resolve every file of ``paths`` into ``output_dir`` (:func:`output_path`); returns the written paths.
 
     An unreadable file raises :class:`mtkd.evaluation.ImageReadError` naming it (images written before it stay).
@@ -309,21 +314,22 @@ def super_resolve_files(network: nn.Module, paths: Sequence[str], output_dir: st
         iterator = tqdm(iterator, total=len(paths), unit='image', desc='super-resolving')
     for path, target in iterator:
         lr = image_to_tensor(read_image(path)).to(device)
-        sr = super_resolve(network, lr, scale, tile_size, tile_overlap, pad_multiple, pad_mode)
+        sr = super_resolve(network, lr, scale, tile_size, tile_overlap, pad_multiple, pad_mode, self_ensemble)
         write_png(tensor_to_image(sr), target)
     return targets
 
 
 def run_inference(spec: ModelSpec, input_path: str, output_dir: str, suffix: str | None = None,
                   device: str | torch.device | None = None, tile_size: int | None = None,
-                  tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True, logger=None) -> list[str]:
+                  tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True, logger=None,
+                  self_ensemble: bool = False) -> list[str]:
     """List the inputs, load the model, super-resolve everything; returns the written paths."""
     paths = list_images(input_path)
     device = resolve_device(device)
     network = load_model(spec, device, logger=logger)
     return super_resolve_files(network, paths, output_dir, spec.scale,
                                default_suffix(spec) if suffix is None else suffix, device, tile_size, tile_overlap,
-                               spec.pad_multiple, spec.pad_mode, progress)
+                               spec.pad_multiple, spec.pad_mode, progress, self_ensemble)
 
 
 __all__ = ['DEFAULT_TILE_OVERLAP', 'IMAGE_EXTENSIONS', 'ModelSpec', 'build_network', 'check_arch', 'default_suffix',

@@ -12,6 +12,7 @@ to [0, 1]), exactly as PSNR is, with ``crop_border = scale``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from mtkd.tables import dataset_columns, format_cell
 from mtkd.teachers import TeacherEnsemble, TeacherSpec, run_tiled, teacher_specs_from_options
 from mtkd.transforms.edges import rgb_to_luma
 from mtkd.transforms.padding import run_padded
+from mtkd.transforms.self_ensemble import self_ensemble as run_self_ensemble
 
 #: Default "the ground truth has little high-frequency energy" threshold, in 8-bit grey levels of the 7x7 mean of
 #: |HP(GT)| (see :func:`false_texture_energy`). Gaussian noise of std 1 grey level gives about 0.9, edges and textures
@@ -287,20 +289,38 @@ class _Columns:
 
 
 class PaddedNetwork(nn.Module):
-    """A network run on inputs padded to a multiple (window attention), output cropped back (``run_padded``)."""
+    """A network run on inputs padded to a multiple (window attention), output cropped back (``run_padded``);
+    with ``self_ensemble``, the mean of its 8 rotated/mirrored runs (:mod:`mtkd.transforms.self_ensemble`)."""
 
-    def __init__(self, network: nn.Module, scale: int, pad_multiple: int | None, pad_mode: str = 'symmetric'):
+    def __init__(self, network: nn.Module, scale: int, pad_multiple: int | None, pad_mode: str = 'symmetric',
+                 self_ensemble: bool = False):
         super().__init__()
         self.network, self.scale, self.pad_multiple, self.pad_mode = network, scale, pad_multiple, pad_mode
+        self.self_ensemble = self_ensemble
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        return run_padded(self.network, images, self.pad_multiple, self.scale, self.pad_mode)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return run_padded(self.network, images, self.pad_multiple, self.scale, self.pad_mode)
+        return run_self_ensemble(self._run, images) if self.self_ensemble else self._run(images)
+
+
+#: Appended to a teacher's name when the report self-ensembles it (EDSR's "+" models).
+SELF_ENSEMBLE_SUFFIX = '+'
+
+
+def self_ensembled(specs: Sequence[TeacherSpec]) -> list[TeacherSpec]:
+    """The same teachers, each run as its x8 self-ensemble and named ``<name>+`` (a plain and a self-ensembled
+    teacher are different teachers: other outputs, another cache folder)."""
+    return [spec if spec.self_ensemble else
+            dataclasses.replace(spec, name=spec.name + SELF_ENSEMBLE_SUFFIX, self_ensemble=True) for spec in specs]
 
 
 def teacher_specs_from_option_file(options: Mapping, root: str | None = None) -> list[TeacherSpec]:
     """Teachers of an option dict: its ``teachers:`` list (stage-1/2 files), or else the one network of a test
     file (``network_g`` with ``path.pretrain_network_g``, ``param_key_g``, ``strict_load_g`` and
-    ``val.pad_multiple``/``pad_mode``), named after the file's ``name``. Relative weights are taken from ``root``.
+    ``val.pad_multiple``/``pad_mode``/``self_ensemble``), named after the file's ``name``. Relative weights are taken
+    from ``root``.
     """
     if options.get('teachers') is not None:
         return teacher_specs_from_options(options['teachers'], root=root)
@@ -314,22 +334,28 @@ def teacher_specs_from_option_file(options: Mapping, root: str | None = None) ->
             'weights': path_options.get('pretrain_network_g'),
             'param_key': path_options.get('param_key_g', 'auto'),
             'strict_load': path_options.get('strict_load_g', True),
-            'pad_multiple': val_options.get('pad_multiple'), 'pad_mode': val_options.get('pad_mode', 'symmetric')}
+            'pad_multiple': val_options.get('pad_multiple'), 'pad_mode': val_options.get('pad_mode', 'symmetric'),
+            'self_ensemble': bool(val_options.get('self_ensemble', False))}
     return teacher_specs_from_options([spec], root=root)
 
 
 def networks_from_option_file(options: Mapping, scale: int, root: str | None = None,
-                              device: str | torch.device = 'cpu',
-                              logger: logging.Logger | None = None) -> dict[str, nn.Module]:
+                              device: str | torch.device = 'cpu', logger: logging.Logger | None = None,
+                              self_ensemble: bool = False) -> dict[str, nn.Module]:
     """``name -> frozen network`` for :func:`report_teachers`, built and loaded (strictly) as the teachers of
     training are (:class:`mtkd.teachers.TeacherEnsemble`); a missing weights file raises
-    :class:`mtkd.teachers.TeacherWeightsError` naming the file and how to get it (``make link-shared``)."""
+    :class:`mtkd.teachers.TeacherWeightsError` naming the file and how to get it (``make link-shared``).
+    ``self_ensemble``: every teacher as its x8 self-ensemble (:func:`self_ensembled`)."""
     specs = teacher_specs_from_option_file(options, root)
+    if self_ensemble:
+        specs = self_ensembled(specs)
     ensemble = TeacherEnsemble(specs, scale=scale, device=device, logger=logger)
-    return {spec.name: PaddedNetwork(ensemble.network(spec.name), scale, spec.pad_multiple, spec.pad_mode)
+    return {spec.name: PaddedNetwork(ensemble.network(spec.name), scale, spec.pad_multiple, spec.pad_mode,
+                                     spec.self_ensemble)
             for spec in specs}
 
 
-__all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'ImageObserver', 'PaddedNetwork', 'TeacherReportRow',
-           'false_texture_energy', 'false_texture_map', 'high_pass', 'local_mean', 'luma', 'networks_from_option_file',
-           'niqe_score', 'report_markdown', 'report_teachers', 'teacher_specs_from_option_file']
+__all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'ImageObserver', 'PaddedNetwork', 'SELF_ENSEMBLE_SUFFIX',
+           'TeacherReportRow', 'false_texture_energy', 'false_texture_map', 'high_pass', 'local_mean', 'luma',
+           'networks_from_option_file', 'niqe_score', 'report_markdown', 'report_teachers', 'self_ensembled',
+           'teacher_specs_from_option_file']

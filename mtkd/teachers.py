@@ -16,6 +16,7 @@ Option schema (one entry of the YAML list ``teachers:``)::
         strict_load: true               # optional
         pad_multiple: ~                 # optional: pad inputs to this multiple (window attention), crop back
         pad_mode: symmetric             # optional
+        self_ensemble: false            # optional: mean of the 8 rotated/mirrored runs (EDSR's "+", 8x cost)
 
 Frozen means all three (STYLE.md): ``eval()``, ``requires_grad_(False)``, and every forward under
 ``torch.no_grad()``. Not ``torch.inference_mode()``: teacher outputs enter the trainee's loss, and autograd
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from mtkd.transforms.padding import PAD_MODES, run_padded
+from mtkd.transforms.self_ensemble import self_ensemble
 from mtkd.weights import file_sha256, load_weights
 
 #: Where to get missing teacher weights (shown in errors).
@@ -70,7 +72,8 @@ class TeacherSpec:
     path, or None for random weights (refused unless the ensemble allows them). ``param_key``,
     ``key_format``, ``strict_load``: as :func:`mtkd.weights.load_weights`. ``pad_multiple``/``pad_mode``:
     pad inputs at the bottom/right to a multiple (window-attention teachers such as SwinIR) and crop the
-    output back, :func:`mtkd.transforms.padding.run_padded`.
+    output back, :func:`mtkd.transforms.padding.run_padded`. ``self_ensemble``: the teacher's output is the mean of
+    its 8 rotated/mirrored runs (:func:`mtkd.transforms.self_ensemble.self_ensemble`, EDSR's "+"), 8x its cost.
     """
     name: str
     network: dict = field(hash=False)
@@ -80,6 +83,7 @@ class TeacherSpec:
     strict_load: bool = True
     pad_multiple: int | None = None
     pad_mode: str = 'symmetric'
+    self_ensemble: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
@@ -99,6 +103,8 @@ class TeacherSpec:
                              f'got {self.pad_multiple!r}')
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"teacher '{self.name}': pad_mode {self.pad_mode!r} is not one of {PAD_MODES}")
+        if not isinstance(self.self_ensemble, bool):
+            raise ValueError(f"teacher '{self.name}': self_ensemble must be true or false, got {self.self_ensemble!r}")
 
     @classmethod
     def from_options(cls, mapping: Mapping, root: str | None = None) -> TeacherSpec:
@@ -182,10 +188,11 @@ def spec_fingerprint(spec: TeacherSpec, weights_sha256: str | None) -> dict[str,
 
     Keys: ``name``, ``type``, ``args`` (defaults filled in), ``weights_sha256`` (None: random weights),
     ``param_key`` and ``key_format`` (which tensors of the file are loaded), ``pad_multiple`` and
-    ``pad_mode`` (padding changes the outputs of window networks; ``pad_mode`` is None without padding).
-    The weights' path is not part of it: a moved file is the same teacher.
+    ``pad_mode`` (padding changes the outputs of window networks; ``pad_mode`` is None without padding), and
+    ``self_ensemble: true`` only for a self-ensembled teacher (so fingerprints saved before the switch existed
+    still describe the plain teacher). The weights' path is not part of it: a moved file is the same teacher.
     """
-    return {
+    fingerprint = {
         'name': spec.name,
         'type': spec.network['type'],
         'args': canonical_network_args(spec.network),
@@ -195,6 +202,9 @@ def spec_fingerprint(spec: TeacherSpec, weights_sha256: str | None) -> dict[str,
         'pad_multiple': spec.pad_multiple,
         'pad_mode': spec.pad_mode if spec.pad_multiple else None,
     }
+    if spec.self_ensemble:
+        fingerprint['self_ensemble'] = True
+    return fingerprint
 
 
 def fingerprint_specs(specs: Sequence[TeacherSpec]) -> list[dict[str, Any]]:
@@ -352,6 +362,10 @@ def run_tiled(run, images: torch.Tensor, scale: int, tile_size: int | None, tile
     return outputs
 
 
+def _run_teacher(network: nn.Module, spec: TeacherSpec, scale: int, images: torch.Tensor) -> torch.Tensor:
+    return run_padded(network, images, spec.pad_multiple, scale, spec.pad_mode)
+
+
 class TeacherEnsemble:
     """Frozen teachers in a fixed order: ``forward(lq)`` gives each one's SR image of an LR batch.
 
@@ -466,7 +480,8 @@ class TeacherEnsemble:
         outputs = []
         height, width = lq.shape[-2:]
         for spec, network in zip(self._specs, self._networks):
-            output = run_padded(network, lq, spec.pad_multiple, self.scale, spec.pad_mode)
+            run = functools.partial(_run_teacher, network, spec, self.scale)
+            output = self_ensemble(run, lq) if spec.self_ensemble else run(lq)
             expected = (lq.shape[0], 3, height * self.scale, width * self.scale)
             if tuple(output.shape) != expected:
                 raise RuntimeError(f"teacher '{spec.name}' returned {tuple(output.shape)} for input "

@@ -8,6 +8,7 @@ NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown t
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds --fit-on-train
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml options/test_lbnet_t_x4.yml --sets Set5
+    python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds --self-ensemble
 
 ``--opt``: one or more option files, each with a ``teachers:`` list (name, network, weights) or a test option file
 (``network_g`` + ``path.pretrain_network_g``, named after its ``name``); their teachers are reported together
@@ -35,8 +36,8 @@ from mtkd.fusion_bounds import (DEFAULT_PATCH_SIZES, FusionBounds, fit_global_we
                                 fusion_bounds_markdown)
 from mtkd.teacher_cache import (TeacherCacheError, build_cache_from_options, image_stem,  # noqa: E402
                                 training_pairs_from_options)
-from mtkd.teacher_report import (FLAT_THRESHOLD, networks_from_option_file, report_markdown,  # noqa: E402
-                                 report_teachers)
+from mtkd.teacher_report import (FLAT_THRESHOLD, SELF_ENSEMBLE_SUFFIX, networks_from_option_file,  # noqa: E402
+                                 report_markdown, report_teachers)
 from mtkd.teachers import TeacherWeightsError  # noqa: E402
 from mtkd.weights import WeightLoadError  # noqa: E402
 
@@ -64,6 +65,9 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument('--flat-threshold', type=float, default=FLAT_THRESHOLD,
                         help=f'false texture: GT high-frequency energy below which a pixel is flat, grey levels '
                              f'(default {FLAT_THRESHOLD})')
+    parser.add_argument('--self-ensemble', action='store_true',
+                        help='report every teacher as its x8 self-ensemble, named <name>+ (8x the time; with '
+                             '--fit-on-train the training cache of the + teachers is built too)')
     parser.add_argument('--tile-size', type=int, default=None, help='run teachers on LR tiles of this size')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar per set on stderr')
@@ -77,8 +81,9 @@ def resolve_set(name: str) -> str:
 
 
 def networks_of_files(paths: list[str], scale: int | None, device: str,
-                      logger: logging.Logger) -> tuple[int, dict]:
-    """The upscaling factor and ``name -> network`` of every teacher in the option files, in their order."""
+                      logger: logging.Logger, self_ensemble: bool = False) -> tuple[int, dict]:
+    """The upscaling factor and ``name -> network`` of every teacher in the option files, in their order
+    (each one self-ensembled and named ``<name>+`` with ``self_ensemble``)."""
     all_options = [(path, load_option_file(path)) for path in paths]
     if scale is None:
         scale = next((options['scale'] for _, options in all_options if options.get('scale') is not None), None)
@@ -90,7 +95,7 @@ def networks_of_files(paths: list[str], scale: int | None, device: str,
             raise ValueError(f"the report is at x{scale} but {path} is for x{options['scale']}: pass option files "
                              f'of one scale (or --scale matching them)')
         for name, network in networks_from_option_file(options, scale, root=REPO_ROOT, device=device,
-                                                       logger=logger).items():
+                                                       logger=logger, self_ensemble=self_ensemble).items():
             if name in networks:
                 raise ValueError(f'teacher name {name!r} appears in {origin[name]} and in {path}: names must differ '
                                  '(rename the teacher, or the test file\'s name:)')
@@ -99,11 +104,16 @@ def networks_of_files(paths: list[str], scale: int | None, device: str,
 
 
 def train_fitted_weights(option_file: str, scale: int, teacher_names: list[str], device: str,
-                         logger: logging.Logger) -> dict[str, float]:
+                         logger: logging.Logger, self_ensemble: bool = False) -> dict[str, float]:
     """Global least-squares teacher weights on the option file's training images (Y, crop = scale), read from
     its teacher cache (built first if missing); its teachers must be the reported ones (its scale,
-    :func:`networks_of_files` has checked)."""
+    :func:`networks_of_files` has checked). ``self_ensemble``: of the self-ensembled teachers (their own cache)."""
     options = load_option_file(option_file)
+    if self_ensemble:
+        teachers = [entry if entry.get('self_ensemble') else
+                    {**entry, 'name': entry['name'] + SELF_ENSEMBLE_SUFFIX, 'self_ensemble': True}
+                    for entry in options.get('teachers') or []]
+        options = {**options, 'teachers': teachers}
     names = [entry.get('name') for entry in options.get('teachers') or []]
     if sorted(names) != sorted(teacher_names):
         raise ValueError(f'--fit-on-train: {option_file} has teachers {names} but the report has {teacher_names}; '
@@ -128,9 +138,9 @@ def main(argv=None) -> int:
         print('error: --fit-on-train adds a row to the fusion bounds: pass --fusion-bounds too', file=sys.stderr)
         return 2
     try:
-        scale, networks = networks_of_files(args.opt, args.scale, args.device, logger)
+        scale, networks = networks_of_files(args.opt, args.scale, args.device, logger, args.self_ensemble)
         correlation = ErrorCorrelation() if args.error_correlation else None
-        transfer = (train_fitted_weights(args.opt[0], scale, list(networks), args.device, logger)
+        transfer = (train_fitted_weights(args.opt[0], scale, list(networks), args.device, logger, args.self_ensemble)
                     if args.fit_on_train else None)
         bounds = FusionBounds(args.patch_sizes, transfer_weights=transfer) if args.fusion_bounds else None
         rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
@@ -150,6 +160,7 @@ def main(argv=None) -> int:
         print(fusion_bounds_markdown(bounds))
     if args.json:
         content = {'option_files': args.opt, 'scale': scale, 'flat_threshold': args.flat_threshold,
+                   'self_ensemble': args.self_ensemble,
                    'rows': [dataclasses.asdict(row) for row in rows]}
         if correlation is not None:
             content['error_correlation'] = {}

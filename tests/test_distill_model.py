@@ -11,6 +11,7 @@ from basicsr.archs import build_network
 from mtkd.config import OptionError, validate_options
 from mtkd.models.distill_model import DistillModel
 from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, teacher_specs_from_options
+from mtkd.transforms.self_ensemble import self_ensemble
 
 SCALE = 2
 STUDENT = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 6, 'num_block': 1, 'upscale': SCALE}
@@ -155,6 +156,24 @@ def test_feature_layers_must_pair_up(tmp_path, teacher_side):
     distill['feature_opt']['teacher_layers'] = ['body.0', 'conv_after_body']
     with pytest.raises(OptionError, match='1 student_layers but 2 teacher_layers'):
         validate_options(options(tmp_path, teachers, distill, aggregator=False), is_train=True)
+
+
+def test_feature_kd_refuses_a_self_ensembled_teacher(tmp_path, teacher_side):
+    # Its hooks would hold the features of the last of the 8 rotated runs, not of the batch the student sees.
+    teachers, _ = teacher_side
+    distill = {'target': 'teacher', 'teacher': 'b', 'feature_opt': {
+        'type': 'AttentionTransferLoss', 'loss_weight': 1.0, 'student_layers': ['body.0'], 'teacher_layers': ['body.0']}}
+    raw = options(tmp_path, teachers, distill, aggregator=False)
+    raw['teachers'][1]['self_ensemble'] = True
+    with pytest.raises(OptionError, match="feature KD taps one forward pass of the teacher"):
+        validate_options(raw, is_train=True)
+    raw['distill'] = {'target': 'teacher', 'teacher': 'b', 'output_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}
+    model = build(raw, tmp_path)  # output KD from the self-ensembled teacher is fine
+    lq = torch.rand(1, 3, 6, 6)
+    plain = TeacherEnsemble(teacher_specs_from_options(teachers), SCALE)
+    with torch.no_grad():
+        expected = self_ensemble(plain.network('b'), lq)
+    assert torch.allclose(model.distillation_target(lq), expected, atol=1e-6)
 
 
 STAGE2_FILES = sorted(__import__('glob').glob(__import__('os').path.join(

@@ -174,6 +174,14 @@ def test_script_scores_weights_fitted_on_the_training_images(tmp_path, capsys):
     assert bound['global_psnr'] - 0.1 < bound['transfer_psnr'] <= bound['global_psnr'] and \
         bound['transfer_psnr'] > bound['average'] + 3
     assert len(list((tmp_path / 'cache').glob('*/first/*.npy'))) == 3  # the training cache was built on the way
+    # Self-ensembled teachers are other teachers: reported as <name>+, fitted on a training cache of their own.
+    assert script.main(arguments + ['--fit-on-train', '--self-ensemble', '--json', str(report)]) == 0
+    content = json.loads(report.read_text())
+    assert content['self_ensemble'] is True and list(content['train_fitted_weights']) == ['first+', 'second+']
+    assert [row['teacher'] for row in content['rows']] == ['first+', 'second+']
+    assert content['rows'][0]['psnr'] != pytest.approx(bound['average'], abs=1e-3)
+    assert len(list((tmp_path / 'cache').glob('*/first+/*.npy'))) == 3
+    assert len({path.parent.parent for path in (tmp_path / 'cache').glob('*/*/*.npy')}) == 2
     assert script.main(arguments[:-3] + ['--fit-on-train']) == 2
     assert '--fit-on-train adds a row to the fusion bounds' in capsys.readouterr().err
     third = write_tiny_teacher_files(tmp_path, seeds=(1,), scales=(2,), names=('third',))

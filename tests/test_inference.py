@@ -20,6 +20,7 @@ from mtkd.evaluation import ImageReadError, image_to_tensor, mean_score, read_im
 from mtkd.inference import (ModelSpec, build_network, list_images, load_model, model_spec_from_arch,
                             model_spec_from_options, output_path, run_inference, super_resolve)
 from mtkd.transforms.padding import run_padded
+from mtkd.transforms.self_ensemble import self_ensemble
 from mtkd.weights import WeightLoadError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,17 @@ def test_tiled_equals_untiled_for_tile_exact_network():
     # With too little context the seams differ, so the check above is not vacuous.
     short_context = super_resolve(network, lr, SCALE, tile_size=8, tile_overlap=RECEPTIVE_RADIUS - 3)
     assert (short_context - whole).abs().max().item() > 1e-3
+
+
+def test_self_ensemble_of_tiles_equals_the_self_ensemble_of_the_whole_image():
+    network = random_edsr()
+    lr = torch.rand(1, 3, 13, 17, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = self_ensemble(network, lr)
+    whole = super_resolve(network, lr, SCALE, self_ensemble=True)
+    tiled = super_resolve(network, lr, SCALE, tile_size=8, tile_overlap=RECEPTIVE_RADIUS, self_ensemble=True)
+    assert torch.allclose(whole, expected, atol=1e-6) and (tiled - expected).abs().max().item() < 1e-5
+    assert (whole - super_resolve(network, lr, SCALE)).abs().max().item() > 1e-2
 
 
 def test_padded_tiles_crop_back_to_the_input_size():
@@ -154,6 +166,11 @@ def test_script_end_to_end(tmp_path, capsys):
                         '--input', str(inputs / 'photo.jpg'), '--output', str(output), '--suffix', 'mine',
                         '--device', 'cpu', '--no-progress']) == 0
     assert np.array_equal(read_image(str(output / 'photo_mine.png')), expected)
+    assert script.main(['--opt', str(option_file), '--input', str(inputs / 'photo.jpg'), '--output', str(output),
+                        '--suffix', 'plus', '--self-ensemble', '--device', 'cpu', '--no-progress']) == 0
+    with torch.no_grad():
+        plus = tensor_to_image(super_resolve(network, image_to_tensor(image), SCALE, self_ensemble=True))
+    assert np.array_equal(read_image(str(output / 'photo_plus.png')), plus) and not np.array_equal(plus, expected)
     (inputs / 'zz_corrupt.png').write_bytes(b'not a png')
     assert script.main(['--opt', str(option_file), '--input', str(inputs), '--output', str(output),
                         '--device', 'cpu', '--no-progress']) == 2

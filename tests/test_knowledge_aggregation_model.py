@@ -14,6 +14,7 @@ from skimage import data as skimage_data
 from mtkd.config import validate_options
 from mtkd.models.knowledge_aggregation_model import KnowledgeAggregationModel
 from mtkd.teachers import TeacherMismatchError
+from mtkd.transforms.self_ensemble import NUM_TRANSFORMS, dihedral, inverse_dihedral
 
 from conftest import REPO_ROOT
 
@@ -121,6 +122,25 @@ def test_validation_scores_teachers_and_average_once(tmp_path, tiny_pairs):
     assert torch.allclose(model.teachers.average(outputs), (outputs[0] + outputs[1]) / 2)
     model.validation(loader, 2, None, False)
     assert set(model.image_metric_results) == {'result'}  # teachers are scored at the first validation only
+
+
+def test_self_ensemble_runs_teachers_and_aggregator_on_each_transformed_input(tmp_path, tiny_pairs):
+    options = stage1_options(tiny_pairs, [tiny_teacher('a'), tiny_teacher('b')])
+    options['val']['self_ensemble'] = True
+    model = KnowledgeAggregationModel(runtime(options, tmp_path))
+    batch = one_batch(tiny_pairs)
+    batch['lq'] = batch['lq'][..., :6]  # not square: odd rotations give the teachers 6x8 inputs
+    model.feed_data(batch)
+    model.test()
+    network = model.net_g.eval()
+    with torch.no_grad():
+        runs = [inverse_dihedral(network(model.teachers.stacked(dihedral(batch['lq'], k).contiguous())), k)
+                for k in range(NUM_TRANSFORMS)]
+        plain = network(model.teachers.stacked(batch['lq']))
+    assert torch.allclose(model.output, torch.stack(runs).mean(dim=0), atol=1e-6)
+    assert not torch.allclose(model.output, plain, atol=1e-4)
+    # The reference rows stay the teachers as configured (plain here), not their self-ensembles.
+    assert torch.equal(model.validation_teacher_outputs[0], model.teachers.forward(batch['lq'])[0])
 
 
 def test_num_teachers_must_match_the_list(tiny_pairs):

@@ -141,6 +141,21 @@ def test_force_yml_overrides_a_copy_and_typos_are_still_caught(tmp_path):
     assert any("did you mean 'ema_decay'" in p for p in problems_of(typo))
 
 
+def test_force_yml_indexes_lists(tmp_path):
+    options = {'teachers': [{'name': 'a', 'network': {'type': 'EDSR'}}, {'name': 'b', 'network': {'type': 'EDSR'}}]}
+    changed = apply_overrides(options, ['teachers:1:self_ensemble=true', 'teachers:-2:network:num_feat=8',
+                                        'teachers:0:name=c'])
+    assert changed['teachers'][1]['self_ensemble'] is True and 'self_ensemble' not in changed['teachers'][0]
+    assert changed['teachers'][0]['network'] == {'type': 'EDSR', 'num_feat': 8} and changed['teachers'][0]['name'] == 'c'
+    assert options['teachers'][0] == {'name': 'a', 'network': {'type': 'EDSR'}}  # the caller's dict is untouched
+    with pytest.raises(OptionError, match=r"'teachers' is a list of 2 entries: index it with 0 to 1, not '2'"):
+        apply_overrides(options, ['teachers:2:self_ensemble=true'])
+    with pytest.raises(OptionError, match=r"not 'rlfn'"):
+        apply_overrides(options, ['teachers:rlfn:self_ensemble=true'])
+    with pytest.raises(OptionError, match="'name' is not a block or list of options"):
+        apply_overrides(options, ['teachers:0:name:first=x'])
+
+
 def test_command_line_accepts_torchrun_local_rank():
     parser = build_argument_parser()
     assert parser.parse_args(['-opt', 'x.yml', '--local-rank=3']).local_rank == 3

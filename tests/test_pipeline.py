@@ -14,10 +14,12 @@ from skimage import data as skimage_data
 
 import basicsr.test as basicsr_test
 import basicsr.train as basicsr_train
+from basicsr.archs import build_network
 
 from mtkd.config.cli import run_pipeline
 from mtkd.evaluation import evaluate_on_benchmark
 from mtkd.models.plain_sr_model import PlainSRModel
+from mtkd.transforms.self_ensemble import self_ensemble
 from mtkd.weights import WeightLoadError
 
 SCALE = 2
@@ -96,7 +98,6 @@ def test_train_resume_on_cpu_then_test_writes_per_image_metrics(tmp_path, tiny_s
         metrics = json.load(handle)
 
     # The same weights through mtkd.evaluation give the same per-image numbers, digit for digit.
-    from basicsr.archs import build_network
     network = build_network(dict(TINY_EDSR))
     network.load_state_dict(checkpoint['params'])
     expected = evaluate_on_benchmark(network, str(tiny_set), SCALE)
@@ -108,6 +109,33 @@ def test_train_resume_on_cpu_then_test_writes_per_image_metrics(tmp_path, tiny_s
     assert metrics['datasets']['Tiny']['mean']['psnr'] == pytest.approx(
         np.mean([s.psnr for s in expected.values()]), abs=1e-9)
     assert (tmp_path / 'results' / 'tiny_test' / 'visualization' / 'Tiny' / 'coffee_tiny_test.png').is_file()
+
+
+def test_test_run_with_self_ensemble_scores_the_mean_of_eight_runs(tmp_path, tiny_set, monkeypatch):
+    torch.manual_seed(5)
+    network = build_network(dict(TINY_EDSR)).eval()
+    weights = tmp_path / 'tiny.pth'
+    torch.save({'params': network.state_dict()}, weights)
+    test_options = {'name': 'tiny_plus', 'model_type': 'PlainSRModel', 'scale': SCALE, 'num_gpu': 0,
+                    'datasets': {'test_1': paired(tiny_set, 'Tiny')}, 'network_g': TINY_EDSR,
+                    'path': {'pretrain_network_g': str(weights)},
+                    'val': {'metrics': METRICS, 'self_ensemble': True}}
+    run(monkeypatch, basicsr_test.test_pipeline, tmp_path, test_options)
+    with open(tmp_path / 'results' / 'tiny_plus' / 'metrics.json') as handle:
+        metrics = json.load(handle)
+    assert metrics['self_ensemble'] is True
+
+    class Ensembled(torch.nn.Module):
+        def forward(self, images):
+            return self_ensemble(network, images)
+
+    with torch.no_grad():
+        expected, plain = evaluate_on_benchmark(Ensembled(), str(tiny_set), SCALE), \
+            evaluate_on_benchmark(network, str(tiny_set), SCALE)
+    images = metrics['datasets']['Tiny']['images']
+    for name, score in expected.items():
+        assert images[name]['psnr'] == pytest.approx(score.psnr, abs=1e-9)
+        assert images[name]['psnr'] != pytest.approx(plain[name].psnr, abs=1e-3)
 
 
 def test_checkpoint_of_another_scale_is_refused_by_name(tmp_path, tiny_set, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """The teacher layer: frozen three ways, order-sensitive fingerprints, clear errors, tiling, published PSNR."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -12,6 +13,7 @@ from basicsr.archs import build_network
 from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
 from mtkd.teachers import (TeacherEnsemble, TeacherMismatchError, TeacherSpec, TeacherWeightsError, check_fingerprint,
                            fingerprint_specs, run_tiled, teacher_specs_from_options)
+from mtkd.transforms.self_ensemble import self_ensemble
 from mtkd.weights import load_weights
 
 from conftest import dataset_dir, official_weight
@@ -52,6 +54,25 @@ def test_outputs_are_the_loaded_networks_outputs(specs):
     expected_mean = (outputs[0] + outputs[1]) / 2
     assert torch.allclose(ensemble.average(outputs), expected_mean, atol=1e-7)
     assert torch.allclose(ensemble.average(ensemble.stacked(lq)), expected_mean, atol=1e-7)
+
+
+def test_a_self_ensembled_teacher_outputs_the_mean_of_its_eight_runs(specs):
+    plain = TeacherEnsemble(specs[:1], SCALE)
+    ensembled_spec = dataclasses.replace(specs[0], self_ensemble=True)
+    ensembled = TeacherEnsemble([ensembled_spec], SCALE)
+    lq = torch.rand(1, 3, 6, 9)
+    with torch.no_grad():
+        expected = self_ensemble(plain.network('imdn_tiny'), lq)
+    output = ensembled.forward(lq)[0]
+    assert torch.allclose(output, expected, atol=1e-6)
+    assert not torch.allclose(output, plain.forward(lq)[0], atol=1e-3)
+    # The switch is part of the fingerprint only when on: fingerprints saved before it existed stay valid.
+    assert 'self_ensemble' not in plain.fingerprint()[0] and ensembled.fingerprint()[0]['self_ensemble'] is True
+    assert fingerprint_specs([ensembled_spec]) == ensembled.fingerprint()
+    with pytest.raises(TeacherMismatchError, match='differs: self_ensemble'):
+        check_fingerprint(plain.fingerprint(), ensembled.fingerprint())
+    with pytest.raises(ValueError, match='self_ensemble must be true or false'):
+        dataclasses.replace(specs[0], self_ensemble='yes')
 
 
 def test_teachers_are_frozen_and_outputs_feed_autograd(specs):

@@ -51,6 +51,7 @@ def load_option_file(path: str) -> dict[str, Any]:
 def apply_overrides(options: dict[str, Any], entries: list[str] | None) -> dict[str, Any]:
     """A copy of ``options`` with ``a:b:c=value`` overrides applied (values parsed as YAML).
 
+    A key under a list is an index: ``teachers:0:self_ensemble=true`` sets the first teacher's switch.
     Unlike BasicSR, no ``eval``/``exec``; a misspelt key is then refused by validation like any other.
     """
     options = copy.deepcopy(options)
@@ -60,12 +61,28 @@ def apply_overrides(options: dict[str, Any], entries: list[str] | None) -> dict[
         keys, value = entry.split('=', 1)
         path = [key.strip() for key in keys.split(':')]
         node = options
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise OptionError([OptionProblem(path, f"--force_yml: '{key}' is not a block of options")])
-        node[path[-1]] = yaml.safe_load(value.strip())
+        for depth, key in enumerate(path[:-1]):
+            node = node[_list_index(node, key, path[:depth])] if isinstance(node, list) else node.setdefault(key, {})
+            if not isinstance(node, (dict, list)):
+                raise OptionError([OptionProblem(path, f"--force_yml: '{key}' is not a block or list of options")])
+        if isinstance(node, list):
+            node[_list_index(node, path[-1], path[:-1])] = yaml.safe_load(value.strip())
+        else:
+            node[path[-1]] = yaml.safe_load(value.strip())
     return options
+
+
+def _list_index(node: list, key: str, list_path: list[str]) -> int:
+    """``key`` as an index of the list ``node`` found at ``list_path`` (``-1`` counts from the end), or an error
+    that names the valid indices."""
+    try:
+        index = int(key)
+    except ValueError:
+        index = None
+    if index is None or not -len(node) <= index < len(node):
+        raise OptionError([OptionProblem(list_path, f"--force_yml: '{':'.join(list_path)}' is a list of {len(node)} "
+                                         f'entries: index it with 0 to {len(node) - 1}, not {key!r}')])
+    return index
 
 
 def _resolve(path: str | None, root: str) -> str | None:

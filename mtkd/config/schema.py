@@ -123,6 +123,8 @@ class TeacherOptions(StrictBlock):
     strict_load: bool = True
     pad_multiple: int | None = Field(default=None, ge=1)
     pad_mode: Literal['symmetric', 'reflect', 'replicate'] = 'symmetric'
+    self_ensemble: bool = Field(default=False, description='use the mean of the 8 rotated/mirrored runs of the '
+                                'teacher (EDSR\'s "+", 8x the cost; cached outputs are computed once)')
 
 
 class TrainOptions(StrictBlock):
@@ -154,6 +156,8 @@ class ValOptions(StrictBlock):
     pad_multiple: int | None = Field(default=None, ge=1, description='pad test inputs to this multiple '
                                      '(window size of window-attention networks), crop the output back')
     pad_mode: Literal['symmetric', 'reflect', 'replicate'] = 'symmetric'
+    self_ensemble: bool = Field(default=False, description='score the mean of the 8 rotated/mirrored runs of '
+                                'the model (EDSR\'s "+" numbers, 8x the cost); teachers have their own switch')
     tb_images: int = Field(default=3, ge=0, description='validation outputs of the first N images sent to '
                            'TensorBoard at each validation (with use_tb_logger)')
 

@@ -102,6 +102,10 @@ class DistillOptions(SROptions):
         if self.distill.feature_opt is not None and any(t.pad_multiple for t in self.teachers):
             problems.append(OptionProblem(('distill', 'feature_opt'), 'feature KD needs unpadded teacher features: '
                                           'remove pad_multiple from the teachers (use a window-size multiple patch)'))
+        if self.distill.feature_opt is not None and any(t.self_ensemble for t in self.teachers):
+            problems.append(OptionProblem(('distill', 'feature_opt'), "feature KD taps one forward pass of the "
+                                          "teacher; a self-ensembled teacher's output is the mean of 8: remove "
+                                          'self_ensemble from the teachers, or use output KD'))
         if is_train and self.train is not None and self.train.pixel_opt is None:
             problems.append(OptionProblem(('train', 'pixel_opt'), 'set the L1 to the ground truth (alpha in MTKD '
                                           'Eq. 2 is its loss_weight; 0 disables it explicitly)'))

@@ -72,14 +72,17 @@ class KnowledgeAggregationModel(PlainSRModel):
         return loss_dict['l_pix']
 
     def test(self):
+        """MT of ``self.lq``; with ``val.self_ensemble`` the whole pipeline (teachers, then KA) runs on each of the 8
+        rotated/mirrored inputs, the KA's input changing with the transform."""
         self.validation_teacher_outputs = self.teachers.forward(self.lq)
         self.teacher_stack = torch.cat(self.validation_teacher_outputs, dim=1)
         network = getattr(self, 'net_g_ema', self.net_g)
-        was_training = network.training
-        network.eval()
-        with torch.no_grad():
-            self.output = network(self.teacher_stack)
-        network.train(was_training)
+        ensembled = bool((self.opt.get('val') or {}).get('self_ensemble'))
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            return network(self.teachers.stacked(images) if ensembled else self.teacher_stack)
+
+        self.output = self.run_for_test(network, run)
 
     def reference_outputs(self) -> dict[str, torch.Tensor]:
         """Each teacher and the teacher average."""

@@ -41,6 +41,7 @@ from mtkd import resume
 from mtkd.fileio import atomic_torch_save, atomic_write_json
 from mtkd.optimization import OptimizerStep
 from mtkd.transforms.padding import run_padded
+from mtkd.transforms.self_ensemble import self_ensemble
 from mtkd.weights import load_weights, read_checkpoint
 
 METRICS_FILE = 'metrics.json'
@@ -256,15 +257,29 @@ class PlainSRModel(SRModel):
 
     # ---- inference -----------------------------------------------------------------------------------
     def test(self):
-        """Inference on ``self.lq`` (EMA network when there is one), padded to ``val.pad_multiple`` if set."""
+        """Inference on ``self.lq`` (EMA network when there is one), padded to ``val.pad_multiple`` if set, the x8
+        self-ensemble with ``val.self_ensemble``."""
         network = getattr(self, 'net_g_ema', self.net_g)
+        val_options = self.opt.get('val') or {}
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            return run_padded(network, images, val_options.get('pad_multiple'), self.opt['scale'],
+                              val_options.get('pad_mode', 'symmetric'))
+
+        self.output = self.run_for_test(network, run)
+
+    def run_for_test(self, network: torch.nn.Module, run) -> torch.Tensor:
+        """``run(self.lq)`` with ``network`` in eval mode and no grad (its mode restored after), or its x8
+        self-ensemble (:func:`mtkd.transforms.self_ensemble.self_ensemble`) when ``val.self_ensemble`` is set."""
         was_training = network.training
         network.eval()
-        val_options = self.opt.get('val') or {}
-        with torch.no_grad():
-            self.output = run_padded(network, self.lq, val_options.get('pad_multiple'), self.opt['scale'],
-                                     val_options.get('pad_mode', 'symmetric'))
-        network.train(was_training)
+        try:
+            with torch.no_grad():
+                if (self.opt.get('val') or {}).get('self_ensemble'):
+                    return self_ensemble(run, self.lq)
+                return run(self.lq)
+        finally:
+            network.train(was_training)
 
     # ---- validation with per-image records ---------------------------------------------------------------
     def reference_outputs(self) -> dict[str, torch.Tensor]:
@@ -367,6 +382,7 @@ class PlainSRModel(SRModel):
             entry['other_outputs'] = others
         self.tested_datasets = {**getattr(self, 'tested_datasets', {}), dataset_name: entry}
         content = {'name': self.opt['name'], 'scale': self.opt['scale'], 'network': dict(self.opt['network_g']),
+                   'self_ensemble': bool((self.opt.get('val') or {}).get('self_ensemble')),
                    'datasets': self.tested_datasets}
         path = os.path.join(self.opt['path']['results_root'], METRICS_FILE)
         atomic_write_json(content, path)
