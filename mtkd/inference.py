@@ -51,8 +51,9 @@ class ModelSpec:
 
     ``network``: the arch block (``{'type': 'IMDN', 'upscale': 4, ...}``); ``weights``: checkpoint path (None:
     random weights, for profiling only); ``param_key``/``key_format``: as :func:`mtkd.weights.load_weights`;
-    ``pad_multiple``/``pad_mode``: pad inputs to this multiple and crop back (window attention); ``name``: for
-    tables and output file names.
+    ``pad_multiple``/``pad_mode``: pad inputs to this multiple and crop back (window attention); ``self_ensemble``:
+    run the x8 geometric self-ensemble (``val.self_ensemble`` of a test file); ``name``: for tables and output file
+    names.
     """
     network: dict[str, Any]
     scale: int
@@ -62,6 +63,7 @@ class ModelSpec:
     pad_multiple: int | None = None
     pad_mode: str = 'symmetric'
     name: str = ''
+    self_ensemble: bool = False
 
     def __post_init__(self):
         if not isinstance(self.network, Mapping) or not isinstance(self.network.get('type'), str):
@@ -133,7 +135,7 @@ def model_spec_from_options(options: Mapping, root: str | None = None, *, weight
         param_key=param_key if param_key is not None else path_options.get('param_key_g', PARAM_KEY_AUTO),
         key_format=key_format if key_format is not None else path_options.get('key_format_g', 'basicsr'),
         pad_multiple=val_options.get('pad_multiple'), pad_mode=val_options.get('pad_mode', 'symmetric'),
-        name=name or options.get('name') or network['type'])
+        name=name or options.get('name') or network['type'], self_ensemble=bool(val_options.get('self_ensemble')))
 
 
 def model_spec_from_arch(network: Mapping | str, *, weights: str | None = None, param_key: str | None = None,
@@ -323,13 +325,14 @@ def run_inference(spec: ModelSpec, input_path: str, output_dir: str, suffix: str
                   device: str | torch.device | None = None, tile_size: int | None = None,
                   tile_overlap: int = DEFAULT_TILE_OVERLAP, progress: bool = True, logger=None,
                   self_ensemble: bool = False) -> list[str]:
-    """List the inputs, load the model, super-resolve everything; returns the written paths."""
+    """List the inputs, load the model, super-resolve everything; returns the written paths. The self-ensemble runs
+    when ``self_ensemble`` or ``spec.self_ensemble`` asks for it."""
     paths = list_images(input_path)
     device = resolve_device(device)
     network = load_model(spec, device, logger=logger)
     return super_resolve_files(network, paths, output_dir, spec.scale,
                                default_suffix(spec) if suffix is None else suffix, device, tile_size, tile_overlap,
-                               spec.pad_multiple, spec.pad_mode, progress, self_ensemble)
+                               spec.pad_multiple, spec.pad_mode, progress, self_ensemble or spec.self_ensemble)
 
 
 __all__ = ['DEFAULT_TILE_OVERLAP', 'IMAGE_EXTENSIONS', 'ModelSpec', 'build_network', 'check_arch', 'default_suffix',

@@ -60,6 +60,10 @@ def main(argv=None) -> int:
             if args.weights is not None:
                 raise ValueError('--random-weights and --weights exclude each other')
             spec = dataclasses.replace(spec, weights=None)
+        if spec.self_ensemble:
+            logging.getLogger('mtkd').warning('the option file sets val.self_ensemble: the export is the plain network '
+                                              '(one forward pass); average its 8 rotated/mirrored runs at inference '
+                                              'to get the self-ensemble')
         result = export_model(spec, prefix, args.export_size, args.check_size or DEFAULT_CHECK_SIZES,
                               args.tolerance, allow_random_weights=args.random_weights, opset=args.opset,
                               logger=logging.getLogger('mtkd'))

@@ -8,8 +8,9 @@
     python scripts/infer.py --opt options/test_rlfn_x4.yml --input photo.jpg --output out --self-ensemble
 
 Writes ``<output>/<name>_<suffix>.png`` (suffix default ``<arch>_x<scale>``). ``--opt`` uses the file's
-``network_g``, ``path.pretrain_network_g`` (relative to the repository root), ``param_key_g``, ``key_format_g`` and
-``val.pad_multiple``; ``--weights``/``--param-key``/``--key-format``/``--scale`` override it. Weights are loaded
+``network_g``, ``path.pretrain_network_g`` (relative to the repository root), ``param_key_g``, ``key_format_g``,
+``val.pad_multiple`` and ``val.self_ensemble``; ``--weights``/``--param-key``/``--key-format``/``--scale`` override
+it, and ``--self-ensemble`` turns the self-ensemble on whatever the file says. Weights are loaded
 strictly. docs/inference.md lists which networks tile exactly.
 """
 import argparse

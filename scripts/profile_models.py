@@ -55,6 +55,9 @@ def main(argv=None) -> int:
                                          name=os.path.splitext(os.path.basename(path))[0]) for path in args.options]
         specs += [model_spec_from_arch(block, scale=args.scale) for block in args.arch]
         for spec in specs:
+            if spec.self_ensemble:
+                print(f'note: {spec.name} sets val.self_ensemble: profiled as one forward pass (the self-ensemble '
+                      'costs 8 of them)', file=sys.stderr)
             rows.append(profile_network(spec.name, build_network(spec.network), spec.scale, args.input_size, device,
                                         args.runs, args.warmup, spec.pad_multiple, args.counter))
     except (OptionError, FileNotFoundError, ValueError) as error:

@@ -171,6 +171,12 @@ def test_script_end_to_end(tmp_path, capsys):
     with torch.no_grad():
         plus = tensor_to_image(super_resolve(network, image_to_tensor(image), SCALE, self_ensemble=True))
     assert np.array_equal(read_image(str(output / 'photo_plus.png')), plus) and not np.array_equal(plus, expected)
+    plus_file = tmp_path / 'tiny_plus.yml'  # val.self_ensemble of a test file does the same
+    plus_file.write_text(yaml.safe_dump({'name': 'tiny', 'scale': SCALE, 'network_g': TINY_EDSR,
+                                         'path': {'pretrain_network_g': weights}, 'val': {'self_ensemble': True}}))
+    assert script.main(['--opt', str(plus_file), '--input', str(inputs / 'photo.jpg'), '--output', str(output),
+                        '--suffix', 'plus_file', '--device', 'cpu', '--no-progress']) == 0
+    assert np.array_equal(read_image(str(output / 'photo_plus_file.png')), plus)
     (inputs / 'zz_corrupt.png').write_bytes(b'not a png')
     assert script.main(['--opt', str(option_file), '--input', str(inputs), '--output', str(output),
                         '--device', 'cpu', '--no-progress']) == 2
