@@ -29,10 +29,8 @@ from torch import nn
 from mtkd.evaluation import (benchmark_pairs, ground_truth_for, image_to_tensor, read_image, score_images,
                              tensor_to_image)
 from mtkd.tables import dataset_columns, format_cell
-from mtkd.teachers import TeacherEnsemble, TeacherSpec, run_tiled, teacher_specs_from_options
+from mtkd.teachers import TeacherEnsemble, TeacherSpec, run_teacher, run_tiled, teacher_specs_from_options
 from mtkd.transforms.edges import rgb_to_luma
-from mtkd.transforms.padding import run_padded
-from mtkd.transforms.self_ensemble import self_ensemble as run_self_ensemble
 
 #: Default "the ground truth has little high-frequency energy" threshold, in 8-bit grey levels of the 7x7 mean of
 #: |HP(GT)| (see :func:`false_texture_energy`). Gaussian noise of std 1 grey level gives about 0.9, edges and textures
@@ -288,21 +286,16 @@ class _Columns:
     means: dict
 
 
-class PaddedNetwork(nn.Module):
-    """A network run on inputs padded to a multiple (window attention), output cropped back (``run_padded``);
-    with ``self_ensemble``, the mean of its 8 rotated/mirrored runs (:mod:`mtkd.transforms.self_ensemble`)."""
+class TeacherNetwork(nn.Module):
+    """One frozen teacher run exactly as :class:`mtkd.teachers.TeacherEnsemble` runs it
+    (:func:`mtkd.teachers.run_teacher`: test-time padding, self-ensemble), as a module for :func:`report_teachers`."""
 
-    def __init__(self, network: nn.Module, scale: int, pad_multiple: int | None, pad_mode: str = 'symmetric',
-                 self_ensemble: bool = False):
+    def __init__(self, network: nn.Module, spec: TeacherSpec, scale: int):
         super().__init__()
-        self.network, self.scale, self.pad_multiple, self.pad_mode = network, scale, pad_multiple, pad_mode
-        self.self_ensemble = self_ensemble
-
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
-        return run_padded(self.network, images, self.pad_multiple, self.scale, self.pad_mode)
+        self.network, self.spec, self.scale = network, spec, scale
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return run_self_ensemble(self._run, images) if self.self_ensemble else self._run(images)
+        return run_teacher(self.network, self.spec, self.scale, images)
 
 
 #: Appended to a teacher's name when the report self-ensembles it (EDSR's "+" models).
@@ -350,12 +343,10 @@ def networks_from_option_file(options: Mapping, scale: int, root: str | None = N
     if self_ensemble:
         specs = self_ensembled(specs)
     ensemble = TeacherEnsemble(specs, scale=scale, device=device, logger=logger)
-    return {spec.name: PaddedNetwork(ensemble.network(spec.name), scale, spec.pad_multiple, spec.pad_mode,
-                                     spec.self_ensemble)
-            for spec in specs}
+    return {spec.name: TeacherNetwork(ensemble.network(spec.name), spec, scale) for spec in specs}
 
 
-__all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'ImageObserver', 'PaddedNetwork', 'SELF_ENSEMBLE_SUFFIX',
+__all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'ImageObserver', 'SELF_ENSEMBLE_SUFFIX', 'TeacherNetwork',
            'TeacherReportRow', 'false_texture_energy', 'false_texture_map', 'high_pass', 'local_mean', 'luma',
            'networks_from_option_file', 'niqe_score', 'report_markdown', 'report_teachers', 'self_ensembled',
            'teacher_specs_from_option_file']

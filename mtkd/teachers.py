@@ -362,8 +362,13 @@ def run_tiled(run, images: torch.Tensor, scale: int, tile_size: int | None, tile
     return outputs
 
 
-def _run_teacher(network: nn.Module, spec: TeacherSpec, scale: int, images: torch.Tensor) -> torch.Tensor:
-    return run_padded(network, images, spec.pad_multiple, scale, spec.pad_mode)
+def run_teacher(network: nn.Module, spec: TeacherSpec, scale: int, images: torch.Tensor) -> torch.Tensor:
+    """``network`` run as ``spec`` says: inputs padded to ``spec.pad_multiple`` and the output cropped back, and the
+    mean of the 8 rotated/mirrored runs with ``spec.self_ensemble``. No ``no_grad`` here: that is the caller's."""
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return run_padded(network, batch, spec.pad_multiple, scale, spec.pad_mode)
+
+    return self_ensemble(run, images) if spec.self_ensemble else run(images)
 
 
 class TeacherEnsemble:
@@ -480,8 +485,7 @@ class TeacherEnsemble:
         outputs = []
         height, width = lq.shape[-2:]
         for spec, network in zip(self._specs, self._networks):
-            run = functools.partial(_run_teacher, network, spec, self.scale)
-            output = self_ensemble(run, lq) if spec.self_ensemble else run(lq)
+            output = run_teacher(network, spec, self.scale, lq)
             expected = (lq.shape[0], 3, height * self.scale, width * self.scale)
             if tuple(output.shape) != expected:
                 raise RuntimeError(f"teacher '{spec.name}' returned {tuple(output.shape)} for input "
@@ -533,5 +537,6 @@ def ensemble_from_options(opt: Mapping, device: str | torch.device, logger: logg
 
 
 __all__ = ['TeacherSpec', 'TeacherEnsemble', 'ensemble_from_options', 'freeze_network', 'check_checkpoint_teachers', 'TeacherMismatchError', 'TeacherWeightsError', 'check_fingerprint',
-           'check_unique_names', 'canonical_network_args', 'fingerprint_specs', 'run_tiled', 'spec_fingerprint',
+           'check_unique_names', 'canonical_network_args', 'fingerprint_specs', 'run_teacher', 'run_tiled',
+           'spec_fingerprint',
            'teacher_specs_from_options']

@@ -140,7 +140,7 @@ def test_self_ensemble_runs_teachers_and_aggregator_on_each_transformed_input(tm
     assert torch.allclose(model.output, torch.stack(runs).mean(dim=0), atol=1e-6)
     assert not torch.allclose(model.output, plain, atol=1e-4)
     # The reference rows stay the teachers as configured (plain here), not their self-ensembles.
-    assert torch.equal(model.validation_teacher_outputs[0], model.teachers.forward(batch['lq'])[0])
+    assert torch.equal(model.reference_outputs()['teacher_a'], model.teachers.forward(batch['lq'])[0])
 
 
 def test_num_teachers_must_match_the_list(tiny_pairs):

@@ -73,20 +73,23 @@ class KnowledgeAggregationModel(PlainSRModel):
 
     def test(self):
         """MT of ``self.lq``; with ``val.self_ensemble`` the whole pipeline (teachers, then KA) runs on each of the 8
-        rotated/mirrored inputs, the KA's input changing with the transform."""
+        rotated/mirrored inputs, the KA's input changing with the transform. Without it the teacher outputs are kept
+        for :meth:`reference_outputs`."""
+        network = getattr(self, 'net_g_ema', self.net_g)
+        self.validation_teacher_outputs = None
+        if (self.opt.get('val') or {}).get('self_ensemble'):
+            self.output = self.run_for_test(network, lambda images: network(self.teachers.stacked(images)))
+            return
         self.validation_teacher_outputs = self.teachers.forward(self.lq)
         self.teacher_stack = torch.cat(self.validation_teacher_outputs, dim=1)
-        network = getattr(self, 'net_g_ema', self.net_g)
-        ensembled = bool((self.opt.get('val') or {}).get('self_ensemble'))
-
-        def run(images: torch.Tensor) -> torch.Tensor:
-            return network(self.teachers.stacked(images) if ensembled else self.teacher_stack)
-
-        self.output = self.run_for_test(network, run)
+        self.output = self.run_for_test(network, lambda images: network(self.teacher_stack))
 
     def reference_outputs(self) -> dict[str, torch.Tensor]:
-        """Each teacher and the teacher average."""
-        outputs = dict(zip((f'teacher_{name}' for name in self.teachers.names), self.validation_teacher_outputs))
-        outputs['teacher_average'] = self.teachers.average(self.validation_teacher_outputs)
+        """Each teacher and the teacher average (run here when :meth:`test` self-ensembled and kept none)."""
+        teacher_outputs = self.validation_teacher_outputs
+        if teacher_outputs is None:
+            teacher_outputs = self.teachers.forward(self.lq)
+        outputs = dict(zip((f'teacher_{name}' for name in self.teachers.names), teacher_outputs))
+        outputs['teacher_average'] = self.teachers.average(teacher_outputs)
         return outputs
 
