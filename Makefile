@@ -27,9 +27,14 @@ prepare-train291: install link-shared
 	$(PY) scripts/prepare_benchmark.py --hr-dir datasets/T91/HR --out-dir datasets --name train291 --workers 2
 	$(PY) scripts/prepare_benchmark.py --hr-dir datasets/BSD200/HR --out-dir datasets --name train291 --workers 2
 
+# With a shared folder present, a test that needs its data or weights FAILS instead of skipping
+# (MTKD_REQUIRE_SHARED=1, tests/conftest.py), and tests/test_shared_data.py names every missing file; without one,
+# those tests skip and pytest lists why (-rfEs in pytest.ini). `make test SHARED=/nonexistent` runs without it.
 test: install
-	@if [ -d "$(SHARED)" ]; then $(MAKE) --no-print-directory link-shared; fi
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+	@if [ -d "$(SHARED)" ]; then $(MAKE) --no-print-directory link-shared; \
+	else echo "make test: no shared folder at $(SHARED): tests that need its data or weights will skip"; fi
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MTKD_SHARED=$(SHARED) MTKD_REQUIRE_SHARED=$(if $(wildcard $(SHARED)),1,0) \
+		$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 # The whole MTKD pipeline on embedded data (no download): three teachers, stage 1, stage 2, the student alone,
 # one table and results/demo/comparison.png (docs/demo.md). DEMO_QUICK=1: a few iterations per training.

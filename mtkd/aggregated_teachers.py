@@ -102,10 +102,25 @@ class AggregatedTeachers:
         return [dict(entry) for entry in self._fingerprint]
 
     def _aggregate(self, lq: torch.Tensor) -> list[torch.Tensor]:
-        return [self.network(torch.cat(self.ensemble.forward(lq), dim=1))]
+        # The aggregator reads the teacher outputs rounded to float16, as from a teacher-output cache and as
+        # DistillModel computes I_MT during a step: the three ways give the same I_MT (mtkd.precision).
+        from mtkd.precision import round_like_cache
+
+        return [self.network(torch.cat([round_like_cache(output) for output in self.ensemble.forward(lq)], dim=1))]
 
     def forward(self, lq: torch.Tensor, tile_size: int | None = None, tile_overlap: int = 16) -> list[torch.Tensor]:
         with torch.no_grad():
             return run_tiled(self._aggregate, lq, self.scale, tile_size, tile_overlap)
 
     __call__ = forward
+
+
+def cache_networks_from_options(opt: Mapping, device: str | torch.device, logger: logging.Logger | None = None
+                                ) -> TeacherEnsemble | AggregatedTeachers:
+    """The networks whose outputs a ``TeacherPairedImageDataset`` block's cache holds: its ``teachers`` (filled by
+    mtkd, weights resolved), followed for ``teacher_cache_content: aggregate`` by the frozen ``aggregator``."""
+    specs = teacher_specs_from_options(opt['teachers'])
+    ensemble = TeacherEnsemble(specs, opt['scale'], device=device, logger=logger)
+    if opt.get('teacher_cache_content') == 'aggregate':
+        return AggregatedTeachers(ensemble, opt['aggregator'], logger=logger)
+    return ensemble

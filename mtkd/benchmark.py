@@ -1,25 +1,28 @@
 """Step-time benchmark of distillation against training the student alone (issue: speed and scale).
 
 For a distillation option file (``DistillModel``, ``KnowledgeAggregationModel`` or ``DualTeacherModel``), one
-training step is timed in four ways, all on the same batch, the same networks and the same optimizer:
+training step is timed in several ways, all on the same batch, the same networks and the same optimizer:
 
-* ``student_alone``: the student's forward, ``L1`` to GT, backward, optimizer step (the floor);
+* ``student_alone``: the student's forward, ``L1`` to GT, backward, optimizer step (the floor). Not for MTKD
+  stage 1, whose trained network (the aggregator) reads teacher outputs: there ``cached`` is the floor;
 * ``on_the_fly_autograd``: the teacher side (teachers, aggregator) run at every step *with autograd on* and the
   target not detached, as the reference MTKD code does: the backward also runs through the teacher side;
 * ``on_the_fly_no_grad``: the teacher side at every step under ``no_grad`` (mtkd's on-the-fly path);
-* ``cached``: the teacher outputs given with the batch, as the teacher-output cache delivers them (the cost of
-  reading the cache files is data-loading time, overlapped with the step by the data-loader workers; not timed);
-  MTKD stage 2 still runs the aggregator on them;
+* ``cached``: the teacher outputs given with the batch as the teacher-output cache delivers them (float16; the
+  cost of reading the cache files is data-loading time, overlapped with the step by the data-loader workers; not
+  timed); MTKD stage 2 still runs the aggregator on them;
 * ``cached_target`` (MTKD stage 2 only): ``I_MT`` itself given with the batch (``teacher_cache_content:
   aggregate``): neither teachers nor aggregator run.
 
-Each is the median of ``steps`` timed steps after ``warmup`` untimed ones (CUDA synchronised before and after),
-with the peak CUDA memory of the timed steps (not measured on the CPU). The same for ``precision='amp_bf16'``
-(``use_amp`` with bf16 + ``channels_last``). Networks keep random weights where a weights file is missing, so
-any option file can be timed; the weights do not change the time.
+Each is the median of ``steps`` timed steps after ``warmup`` untimed ones (CUDA synchronised before and after,
+``cudnn.benchmark`` on as in training), with the peak CUDA memory of the timed steps (not measured on the CPU).
+The same for each precision of :data:`PRECISIONS` (AMP in fp16, mtkd's default, or bf16, with ``channels_last``);
+the models of one precision are freed before the next is built, so peaks do not add up. Networks keep random
+weights where a weights file is missing, so any option file can be timed; the weights do not change the time.
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +34,10 @@ from mtkd.config import validate_options
 from mtkd.transforms.dct import dct_2d, dct_2d_fft, dct_matrix
 
 MODES = ('student_alone', 'on_the_fly_autograd', 'on_the_fly_no_grad', 'cached', 'cached_target')
-PRECISIONS = {'fp32': {}, 'amp_bf16': {'use_amp': True, 'amp_dtype': 'bf16', 'channels_last': True}}
+PRECISIONS = {'fp32': {},
+              'amp_fp16': {'use_amp': True, 'amp_dtype': 'fp16', 'channels_last': True},
+              'amp_bf16': {'use_amp': True, 'amp_dtype': 'bf16', 'channels_last': True}}
+DEFAULT_PRECISIONS = ('fp32', 'amp_fp16')
 
 
 @dataclass
@@ -40,7 +46,7 @@ class StepTiming:
     mode: str
     median_ms: float
     peak_memory_mb: float | None
-    ratio_to_student_alone: float | None = None
+    ratio_to_student_alone: float | None = None  # to 'cached' for MTKD stage 1 (no student alone there)
 
 
 def build_model(options: dict, device: str, precision: str, batch_size: int, lr_patch: int):
@@ -80,14 +86,19 @@ def photo_batch(batch_size: int, lr_patch: int, scale: int) -> tuple[torch.Tenso
     return lq, gt
 
 
+def is_stage1(model) -> bool:
+    """MTKD stage 1: the trained network is the aggregator, whose input is the teachers' stacked outputs."""
+    return type(model).__name__ == 'KnowledgeAggregationModel'
+
+
 def _teacher_networks(model) -> list[torch.nn.Module]:
     return [model.teachers.network(name) for name in model.teachers.names]
 
 
 def _student_alone_step(model, lq, gt) -> None:
     with model.optimizer_step.autocast():
-        loss = model.cri_pix(model.net_g(lq), gt)
-    model.optimizer_step(loss, 1)
+        output = model.net_g(lq)
+    model.optimizer_step(torch.nn.functional.l1_loss(output.float(), gt), 1)
 
 
 def _autograd_step(model, lq, gt) -> None:
@@ -98,13 +109,17 @@ def _autograd_step(model, lq, gt) -> None:
     try:
         with model.optimizer_step.autocast():
             outputs = [network(lq) for network in _teacher_networks(model)]
-            aggregator = getattr(model, 'aggregator', None)
-            if aggregator is not None:
-                target = aggregator.network(torch.cat(outputs, dim=1))
+            if is_stage1(model):  # the aggregator is the trained network; the teachers feed it
+                output = model.net_g(torch.cat(outputs, dim=1))
+                loss = (output.float() - gt).abs().mean()
             else:
-                target = outputs[getattr(model, 'target_teacher', 0)]
-            output = model.net_g(lq)
-            loss = model.cri_pix(output, gt) + (output - target).abs().mean()
+                aggregator = getattr(model, 'aggregator', None)
+                if aggregator is not None:
+                    target = aggregator.network(torch.cat(outputs, dim=1))
+                else:
+                    target = outputs[getattr(model, 'target_teacher', 0)]
+                output = model.net_g(lq)
+                loss = (output.float() - gt).abs().mean() + (output.float() - target.float()).abs().mean()
         model.optimizer_step(loss, 1)
     finally:
         for network in frozen:
@@ -141,36 +156,66 @@ def _time(step: Callable[[], None], device: torch.device, warmup: int, steps: in
     return statistics.median(durations) * 1000, peak
 
 
-def benchmark_steps(options: dict, device: str = 'cpu', precisions=('fp32', 'amp_bf16'), batch_size: int = 16,
+def _cached_inputs(model, lq) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What the caches deliver for this batch: teacher outputs and (stage 2) ``I_MT``, float16 as stored, computed
+    in fp32 as the cache build does."""
+    with torch.no_grad():
+        outputs = [output.half() for output in model.teachers.forward(lq.float().contiguous())]
+        aggregator = getattr(model, 'aggregator', None)
+        target = None
+        if aggregator is not None and not is_stage1(model):
+            target = aggregator([output.float() for output in outputs]).half()
+    return torch.stack(outputs, dim=1), target
+
+
+def _benchmark_precision(options: dict, device: str, precision: str, batch_size: int, lr_patch: int, warmup: int,
+                         steps: int, modes) -> list[StepTiming]:
+    """The rows of one precision; every model and tensor made here is unreachable when it returns."""
+    model, lq, gt = build_model(options, device, precision, batch_size, lr_patch)
+    if model.opt.get('channels_last'):
+        lq, gt = (tensor.contiguous(memory_format=torch.channels_last) for tensor in (lq, gt))
+    cached, target = _cached_inputs(model, lq)
+    stage1 = is_stage1(model)
+    if stage1:
+        modes = [mode for mode in modes if mode not in ('student_alone', 'cached_target')]
+    elif target is None:
+        modes = [mode for mode in modes if mode != 'cached_target']
+    steps_by_mode = {
+        'student_alone': lambda: _student_alone_step(model, lq, gt),
+        'on_the_fly_autograd': lambda: _autograd_step(model, lq, gt),
+        'on_the_fly_no_grad': lambda: _model_step(model, lq, gt, None),
+        'cached': lambda: _model_step(model, lq, gt, cached),
+        'cached_target': lambda: _model_step(model, lq, gt, None, target),
+    }
+    results = {mode: _time(steps_by_mode[mode], model.device, warmup, steps) for mode in modes}
+    floor_mode = 'cached' if stage1 else 'student_alone'
+    floor = results[floor_mode][0] if floor_mode in results else None
+    return [StepTiming(precision, mode, median_ms, peak, median_ms / floor if floor else None)
+            for mode, (median_ms, peak) in results.items()]
+
+
+def release_models() -> None:
+    """Drop what keeps a benchmarked model alive after its precision is done (the Ctrl-C callback that training
+    registers holds the model), then free the CUDA cache, so the next precision's peak memory is its own."""
+    from mtkd import resume
+
+    resume.LOOP.on_interrupt = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def benchmark_steps(options: dict, device: str = 'cpu', precisions=DEFAULT_PRECISIONS, batch_size: int = 16,
                     lr_patch: int = 64, warmup: int = 3, steps: int = 10, modes=MODES) -> list[StepTiming]:
-    """Median step time of each mode and precision (see the module docstring); ratios to ``student_alone``."""
+    """Median step time of each mode and precision (see the module docstring); ratios to the floor."""
     if not options.get('teachers'):
         raise ValueError('benchmark_speed needs a distillation option file (a teachers: list)')
+    if device == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as BasicSR's training loop sets it
     rows = []
     for precision in precisions:
-        model, lq, gt = build_model(options, device, precision, batch_size, lr_patch)
-        if model.opt.get('channels_last'):
-            lq, gt = (tensor.contiguous(memory_format=torch.channels_last) for tensor in (lq, gt))
-        with torch.no_grad(), model.optimizer_step.autocast():
-            cached = torch.stack(model.teachers.forward(lq), dim=1).float()
-            aggregator = getattr(model, 'aggregator', None)
-            target = aggregator(list(cached.unbind(1))).float() if aggregator is not None else None
-        if target is None:
-            modes = [mode for mode in modes if mode != 'cached_target']
-        steps_by_mode = {
-            'student_alone': lambda: _student_alone_step(model, lq, gt),
-            'on_the_fly_autograd': lambda: _autograd_step(model, lq, gt),
-            'on_the_fly_no_grad': lambda: _model_step(model, lq, gt, None),
-            'cached': lambda: _model_step(model, lq, gt, cached),
-            'cached_target': lambda: _model_step(model, lq, gt, None, target),
-        }
-        results = {mode: _time(steps_by_mode[mode], model.device, warmup, steps) for mode in modes}
-        floor = results['student_alone'][0] if 'student_alone' in results else None
-        for mode, (median_ms, peak) in results.items():
-            rows.append(StepTiming(precision, mode, median_ms, peak, median_ms / floor if floor else None))
-        del model
-        if device == 'cuda':
-            torch.cuda.empty_cache()
+        rows += _benchmark_precision(options, device, precision, batch_size, lr_patch, warmup, steps, modes)
+        release_models()
     return rows
 
 
@@ -187,7 +232,8 @@ def benchmark_dct(device: str = 'cpu', blocks: int = 16 * 64 * 24, size: int = 8
 
 
 def markdown_table(rows: list[StepTiming]) -> str:
-    lines = ['| precision | mode | median step (ms) | × student alone | peak CUDA memory (MiB) |', '|---|---|---:|---:|---:|']
+    lines = ['| precision | mode | median step (ms) | × student alone | peak CUDA memory (MiB) |',
+             '|---|---|---:|---:|---:|']
     for row in rows:
         ratio = f'{row.ratio_to_student_alone:.2f}' if row.ratio_to_student_alone is not None else '-'
         memory = f'{row.peak_memory_mb:.0f}' if row.peak_memory_mb is not None else '-'
@@ -199,4 +245,5 @@ def rows_as_dicts(rows: list[StepTiming]) -> list[dict]:
     return [asdict(row) for row in rows]
 
 
-__all__ = ['MODES', 'PRECISIONS', 'StepTiming', 'benchmark_steps', 'benchmark_dct', 'markdown_table', 'rows_as_dicts']
+__all__ = ['MODES', 'PRECISIONS', 'DEFAULT_PRECISIONS', 'StepTiming', 'benchmark_steps', 'benchmark_dct',
+           'markdown_table', 'rows_as_dicts', 'release_models', 'is_stage1']

@@ -16,9 +16,14 @@ Patches (each documented in ``docs/compat.md`` and tested in ``tests/test_compat
 3. ``safe_globals``: torch >= 2.6 loads with ``weights_only=True``. BasicSR training states hold the
    scheduler's milestones as a ``collections.Counter``: we register it as a safe global instead of
    turning the check off.
-4. ``resume_on_cpu``: ``basicsr.train.load_resume_state`` maps the state onto ``torch.cuda.current_device()``
-   and so fails on a CPU-only machine. We replace it with a version that maps onto the current CUDA device
-   when there is one and onto the CPU otherwise, always with ``weights_only=True``.
+4. ``resume_on_cpu``: ``basicsr.train.load_resume_state`` maps the state onto ``torch.cuda.current_device()``,
+   which fails on a CPU-only machine and, on a GPU, hands CUDA tensors to the random-generator setters. We replace
+   it with :func:`mtkd.resume.load_resume_state`: the state is read onto the CPU (``weights_only=True``; the
+   optimizers place their moments on their parameters' devices), a broken newest state falls back to the previous
+   complete one, and the network checkpoints are taken from beside the state.
+5. ``dataset_read_errors``: BasicSR's paired and single-image datasets fail on an unreadable image with an OpenCV
+   or ``NoneType`` error that names no file; the patched ``__getitem__`` re-raises it as
+   :class:`mtkd.evaluation.ImageReadError` naming the file.
 """
 from __future__ import annotations
 
@@ -94,47 +99,64 @@ def patch_safe_globals() -> bool:
     return True
 
 
-def load_training_state(path: str) -> dict:
-    """Load a BasicSR training state onto the current CUDA device, or the CPU without one."""
-    if torch.cuda.is_available():
-        device = torch.device('cuda', torch.cuda.current_device())
-    else:
-        device = torch.device('cpu')
-    return torch.load(path, map_location=device, weights_only=True)
-
-
 def patch_resume_on_cpu() -> bool:
-    """Replace ``basicsr.train.load_resume_state`` with a device-agnostic version (patch 4)."""
+    """Replace ``basicsr.train.load_resume_state`` with :func:`mtkd.resume.load_resume_state` (patch 4)."""
     import basicsr.train as basicsr_train
 
     if getattr(basicsr_train.load_resume_state, '_mtkd_patched', False):
         return False
+    from mtkd.resume import load_resume_state
+
     original = basicsr_train.load_resume_state
 
-    def load_resume_state(opt):
-        from basicsr.utils import check_resume, scandir
+    def patched(opt):
+        return load_resume_state(opt)
 
-        resume_state_path = None
-        if opt['auto_resume']:
-            state_dir = os.path.join(opt.get('root_path', '.'), 'experiments', opt['name'], 'training_states')
-            if os.path.isdir(state_dir):
-                states = [float(name.split('.state')[0])
-                          for name in scandir(state_dir, suffix='state', recursive=False, full_path=False)]
-                if states:
-                    resume_state_path = os.path.join(state_dir, f'{max(states):.0f}.state')
-                    opt['path']['resume_state'] = resume_state_path
-        elif opt['path'].get('resume_state'):
-            resume_state_path = opt['path']['resume_state']
-        if resume_state_path is None:
-            return None
-        resume_state = load_training_state(resume_state_path)
-        check_resume(opt, resume_state['iter'])
-        return resume_state
-
-    load_resume_state._mtkd_patched = True
-    load_resume_state.__wrapped__ = original
-    basicsr_train.load_resume_state = load_resume_state
+    patched._mtkd_patched = True
+    patched.__wrapped__ = original
+    patched.__doc__ = load_resume_state.__doc__
+    basicsr_train.load_resume_state = patched
     return True
+
+
+def patch_dataset_read_errors() -> bool:
+    """Name the file when BasicSR's ``PairedImageDataset``/``SingleImageDataset`` cannot read an image (patch 5).
+
+    BasicSR decodes with ``cv2.imdecode`` and fails with ``cv2.error: !buf.empty()`` (an empty file) or
+    ``'NoneType' object has no attribute 'astype'`` (not an image), naming nothing. The start-up check
+    (:mod:`mtkd.data.preflight`) finds such files before training; this covers files that break later."""
+    from basicsr.data.paired_image_dataset import PairedImageDataset
+    from basicsr.data.single_image_dataset import SingleImageDataset
+
+    patched = False
+    for dataset_class, keys in ((PairedImageDataset, ('gt_path', 'lq_path')), (SingleImageDataset, ('lq_path',))):
+        if getattr(dataset_class.__getitem__, '_mtkd_patched', False):
+            continue
+        dataset_class.__getitem__ = _naming_read_errors(dataset_class.__getitem__, keys)
+        patched = True
+    return patched
+
+
+def _naming_read_errors(getitem, keys: tuple[str, ...]):
+    def __getitem__(self, index):
+        try:
+            return getitem(self, index)
+        except Exception as error:  # noqa: BLE001 - re-raised unchanged unless a file is to blame
+            if not self.io_backend_opt.get('type', 'disk') == 'disk' or not hasattr(self, 'paths'):
+                raise
+            from mtkd.evaluation import ImageReadError, read_image
+
+            entry = self.paths[index]
+            for path in ([entry[key] for key in keys if key in entry] if isinstance(entry, dict) else [entry]):
+                try:
+                    read_image(path)
+                except ImageReadError as read_error:
+                    raise ImageReadError(f'{read_error} (dataset {self.opt.get("name")!r}, image {index})') from error
+            raise
+
+    __getitem__._mtkd_patched = True
+    __getitem__.__wrapped__ = getitem
+    return __getitem__
 
 
 def apply() -> list[str]:
@@ -143,7 +165,8 @@ def apply() -> list[str]:
     for name, patch in (('torchvision_ops', patch_torchvision_ops),
                         ('functional_tensor', patch_functional_tensor),
                         ('safe_globals', patch_safe_globals),
-                        ('resume_on_cpu', patch_resume_on_cpu)):
+                        ('resume_on_cpu', patch_resume_on_cpu),
+                        ('dataset_read_errors', patch_dataset_read_errors)):
         if patch():
             applied.append(name)
     APPLIED.extend(applied)

@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mtkd.errors import MtkdError
 from mtkd.fileio import file_sha256
 from mtkd.transforms.matlab_resize import imresize, modcrop
 
@@ -58,7 +59,7 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.
 PNG_COMPRESSION = 3  # BasicSR's extract_subimages default; lossless at any level, only size and speed change
 
 
-class PreparationError(RuntimeError):
+class PreparationError(MtkdError, RuntimeError):
     """A dataset cannot be prepared: missing or empty folder, unreadable image, bad archive, bad arguments."""
 
 

@@ -36,6 +36,8 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 
+from mtkd.errors import MtkdError
+
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 OPTIONS_DIR = 'options/demo'
 RESULTS_NAME = 'demo'  # results/demo: table, figure, logs
@@ -49,7 +51,7 @@ _LAUNCHER = ('import sys; import mtkd; from mtkd.config.cli import run_pipeline;
              'run_pipeline(getattr(importlib.import_module(f"basicsr.{entry}"), f"{entry}_pipeline"), root)')
 
 
-class DemoError(RuntimeError):
+class DemoError(MtkdError, RuntimeError):
     """A demo stage failed; the message names the stage, its command and its log."""
 
 
@@ -111,9 +113,17 @@ def read_option_file(option_file: str) -> dict:
 
 
 def quick_overrides(iterations: int = QUICK_ITERATIONS) -> list[str]:
-    """``--force_yml`` entries that cut a training file to ``iterations`` (no learning-rate step before the end)."""
+    """``--force_yml`` entries that cut a training file to ``iterations`` (no learning-rate step before the end; a
+    warm-up, where the file has one, is cut to ``iterations - 1``: validation refuses one longer than the run)."""
     return [f'train:total_iter={iterations}', f'train:scheduler:milestones=[{iterations}]',
             f'logger:print_freq={iterations}']
+
+
+def quick_overrides_for(option_file: str, iterations: int = QUICK_ITERATIONS) -> list[str]:
+    """:func:`quick_overrides` plus the warm-up cut of ``option_file``'s own ``train.warmup_iter``."""
+    warmup = (read_option_file(option_file).get('train') or {}).get('warmup_iter', -1)
+    extra = [f'train:warmup_iter={min(warmup, iterations - 1)}'] if warmup >= iterations else []
+    return quick_overrides(iterations) + extra
 
 
 def stage_command(stage: DemoStage, overrides: list[str], python: str = 'python') -> list[str]:
@@ -330,7 +340,7 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
     echo(f'[data] {data_dir} ({"made" if built else "already complete"}, {timings[-1].seconds:.1f} s)')
 
     for index, stage in enumerate(STAGES, 1):
-        overrides = quick_overrides() if quick and stage.entry == 'train' else []
+        overrides = quick_overrides_for(stage.option_file) if quick and stage.entry == 'train' else []
         command = shlex.join(stage_command(stage, overrides))
         echo(f'[{index}/{len(STAGES)}] {stage.title}\n      $ {command}')
         log_path = os.path.join(results_dir, 'logs', f'{index:02d}_{stage.name}.log')
@@ -368,5 +378,5 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
 
 
 __all__ = ['DemoError', 'DemoResult', 'DemoStage', 'QUICK_ITERATIONS', 'STAGES', 'StageTiming', 'bicubic_images',
-           'clean_previous_run', 'collect_rows', 'format_table', 'make_figure', 'quick_overrides', 'run_demo',
-           'run_stage', 'stage_command']
+           'clean_previous_run', 'collect_rows', 'format_table', 'make_figure', 'quick_overrides', 'quick_overrides_for',
+           'run_demo', 'run_stage', 'stage_command']

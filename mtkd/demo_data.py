@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtkd.data_prep import make_lr, write_png
+from mtkd.errors import MtkdError
 from mtkd.fileio import atomic_write_json, file_sha256
 
 SCALE = 2
@@ -79,7 +80,7 @@ VAL_SOURCES = (
 FIGURE_CROP = ('chelsea', (60, 40, 96, 72))
 
 
-class DemoDataError(RuntimeError):
+class DemoDataError(MtkdError, RuntimeError):
     """The demo data cannot be made (a bundled photo missing from scikit-image, a folder not writable)."""
 
 

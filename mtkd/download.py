@@ -13,6 +13,7 @@ import os
 import urllib.error
 import urllib.request
 
+from mtkd.errors import MtkdError
 from mtkd.fileio import atomic_write, file_sha256
 
 #: Bytes read per chunk while streaming.
@@ -22,11 +23,11 @@ TIMEOUT_S = 60
 USER_AGENT = 'mtkd-download/0.1 (+https://github.com/; research code)'
 
 
-class ChecksumError(ValueError):
+class ChecksumError(MtkdError, ValueError):
     """A downloaded (or present) file whose sha256 is not the expected one."""
 
 
-class DownloadError(OSError):
+class DownloadError(MtkdError, OSError):
     """A file that could not be fetched: HTTP error, unreachable host, interrupted transfer or HTML instead of data."""
 
 

@@ -124,19 +124,23 @@ def sample_augmentation_masks(batch_size: int, names: Sequence[str], probability
 
 def _apply_per_sample(images: Tensor, names: Sequence[str], masks: Tensor, which: int,
                       img_range: float) -> Tensor:
-    masks = masks.to(images.device)
-    order = range(len(names)) if which == 0 else reversed(range(len(names)))
+    # Which augmentations to run is decided on the host from the CPU masks (no device sync); the per-sample
+    # selection goes to the device in one copy.
+    masks = masks.cpu()
+    used = [index for index, drawn in enumerate(masks.any(dim=1).tolist()) if drawn]
+    if not used:
+        return images
+    selection = masks.to(images.device, non_blocking=True)
+    order = used if which == 0 else reversed(used)
     for index in order:
         name = names[index]
-        if not bool(masks[index].any()):
-            continue
         if name in _SHAPE_CHANGING and images.shape[-2] != images.shape[-1]:
             raise ValueError(f"augmentation '{name}' swaps height and width: per-sample use needs square patches, "
                              f'got {tuple(images.shape[-2:])}; use square crops or drop {name!r}')
         function = INVERTIBLE_AUGMENTATIONS[name][which]
         changed = function(images, img_range) if name == 'invert' else function(images)
         # torch.where keeps the autograd graph for both branches; unselected samples pass through unchanged.
-        images = torch.where(masks[index].view(-1, 1, 1, 1), changed, images)
+        images = torch.where(selection[index].view(-1, 1, 1, 1), changed, images)
     return images
 
 
@@ -241,6 +245,13 @@ def _mean_l1(prediction: Tensor, target: Tensor) -> Tensor:
     return (prediction - target).abs().mean()
 
 
+def _fp32(criterion: Callable[[Tensor, Tensor], Tensor], prediction: Tensor, target: Tensor) -> Tensor:
+    """``criterion`` in fp32 with autocast off (the student's output is fp16/bf16 under AMP; mtkd.precision)."""
+    from mtkd.precision import fp32_loss
+
+    return fp32_loss(criterion, prediction, target)
+
+
 @dataclass
 class DUKDLoss:
     """The DUKD loss terms ``L_dukd`` on upcycled inputs (Zhang et al., arXiv 2309.14162; official DUKD code).
@@ -305,14 +316,14 @@ class DUKDLoss:
                                               generator)
             augmented = augment(tiles, self.augmentations, masks, self.img_range)
             restored = deaugment(student(augmented), self.augmentations, masks, self.img_range)
-            terms['l_zoom_in'] = self.zoom_in_weight * self.criterion(restored, target)
+            terms['l_zoom_in'] = self.zoom_in_weight * _fp32(self.criterion, restored, target)
         if self.zoom_out_kd_weight > 0 or self.zoom_out_pixel_weight > 0:
             small = zoom_out_inputs(lq, scale)
             output = student(small)
             if self.zoom_out_kd_weight > 0:
                 with torch.no_grad():
                     target = teacher_target(small)
-                terms['l_zoom_out_kd'] = self.zoom_out_kd_weight * self.criterion(output, target)
+                terms['l_zoom_out_kd'] = self.zoom_out_kd_weight * _fp32(self.criterion, output, target)
             if self.zoom_out_pixel_weight > 0:
-                terms['l_zoom_out_pix'] = self.zoom_out_pixel_weight * self.criterion(output, lq.detach())
+                terms['l_zoom_out_pix'] = self.zoom_out_pixel_weight * _fp32(self.criterion, output, lq.detach())
         return terms

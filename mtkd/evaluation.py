@@ -18,8 +18,10 @@ from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.metrics.metric_util import to_y_channel
 from basicsr.utils import img2tensor, tensor2img
 
+from mtkd.errors import MtkdError
 
-class ImageReadError(ValueError):
+
+class ImageReadError(MtkdError, ValueError):
     """An image file that is missing, truncated or not an image."""
 
 
@@ -29,7 +31,12 @@ def read_image(path: str) -> np.ndarray:
         raise ImageReadError(f'Image file not found: {path}')
     with open(path, 'rb') as handle:
         content = handle.read()
-    image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+    if not content:
+        raise ImageReadError(f'Image file {path} is empty (0 bytes): re-create or re-download it.')
+    try:
+        image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
         raise ImageReadError(f'Cannot decode image {path} ({len(content)} bytes): the file is corrupt, truncated '
                              'or not an image. Re-create or re-download it.')

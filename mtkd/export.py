@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtkd.errors import MtkdError
 from mtkd.inference import ModelSpec, load_model
 from mtkd.profiling import count_parameters
 
@@ -47,7 +48,7 @@ RANDOM_INPUT_COARSENESS = 4
 RANDOM_INPUT_NOISE = 0.1
 
 
-class ExportError(RuntimeError):
+class ExportError(MtkdError, RuntimeError):
     """A network that cannot be exported, or whose ONNX model cannot be run."""
 
 
@@ -268,8 +269,10 @@ def export_model(spec: ModelSpec, output_prefix: str, export_size: Sequence[int]
     network = load_model(spec, 'cpu', allow_random_weights=allow_random_weights, logger=logger)
     arch = spec.network['type']
     label = f'{spec.name} ({arch})' if spec.name != arch else arch
+    # key_format: the state dict is the built network's (mtkd/BasicSR layout, whatever the source file's layout).
     metadata = {'network': json.dumps(spec.network, sort_keys=True), 'scale': str(spec.scale),
-                'pad_multiple': str(spec.pad_multiple or 1)}
+                'pad_multiple': str(spec.pad_multiple or 1), 'key_format': 'basicsr',
+                'param_key': str(spec.param_key)}
     safetensors_path = save_safetensors(network, f'{output_prefix}.safetensors', metadata)
     runnable = network
     if spec.pad_multiple and spec.pad_multiple > 1:

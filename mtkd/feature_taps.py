@@ -19,7 +19,6 @@ This module imports nothing of mtkd and nothing of BasicSR.
 from __future__ import annotations
 
 import difflib
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
@@ -194,7 +193,6 @@ class FeatureTaps:
         self._specs = [_parse_path(path) for path in paths]
         self._captured: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int | None] = {}
-        self._lock = threading.Lock()
 
         specs_by_module: dict[str, list[_TapSpec]] = OrderedDict()
         for spec in self._specs:
@@ -221,9 +219,8 @@ class FeatureTaps:
 
         Raises RuntimeError if a captured tensor was modified in place after its module returned (see ``clone``).
         """
-        with self._lock:
-            captured = dict(self._captured)
-            versions = dict(self._versions)
+        captured = dict(self._captured)
+        versions = dict(self._versions)
         result = OrderedDict()
         for spec in self._specs:
             if spec.name not in captured:
@@ -249,9 +246,8 @@ class FeatureTaps:
 
     def clear(self) -> None:
         """Drop the captured features (they hold activations and, for the student, the graph)."""
-        with self._lock:
-            self._captured = {}
-            self._versions = {}
+        self._captured = {}
+        self._versions = {}
 
     def remove(self) -> None:
         """Remove every hook and drop the captured features; later forwards capture nothing. Idempotent."""
@@ -282,12 +278,17 @@ class FeatureTaps:
                     tensor = tensor.detach()
                 if self._clone:
                     tensor = tensor.clone()
-                # Inference-mode tensors have no version counter; they cannot be modified in place outside
-                # inference mode either, so there is nothing to check.
-                version = None if tensor.is_inference() else tensor._version
-                with self._lock:
-                    self._captured[spec.name] = tensor
-                    self._versions[spec.name] = version
+                if self._clone or torch.compiler.is_compiling():
+                    # A private copy cannot be modified by the network; under torch.compile version counters
+                    # cannot be read (use clone=True there, as mtkd's models do). No lock either: a lock (or any
+                    # host-side guard) in a hook breaks the compiled graph at every tapped layer.
+                    version = None
+                else:
+                    # Inference-mode tensors have no version counter; they cannot be modified in place outside
+                    # inference mode either, so there is nothing to check.
+                    version = None if tensor.is_inference() else tensor._version
+                self._captured[spec.name] = tensor
+                self._versions[spec.name] = version
         return hook
 
     @staticmethod

@@ -4,7 +4,8 @@ Every writer goes through :func:`atomic_write`: the content is written into a hi
 destination (same folder, hence same file system), flushed and fsynced, then moved onto the destination with
 ``os.replace``, which is atomic on POSIX and Windows. A reader sees either the old file or the whole new one; an
 exception while writing (including a content check the caller raises from its ``write`` callback) deletes the
-temporary file and leaves the destination untouched.
+temporary file and leaves the destination untouched. The file gets the mode a plain ``open()`` would give it
+(:func:`new_file_mode`), not the temporary file's private 0600, so collaborators can read results.
 """
 from __future__ import annotations
 
@@ -34,6 +35,29 @@ def file_sha256(path: str, chunk_size: int = HASH_CHUNK_SIZE) -> str:
     return digest.hexdigest()
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: ``os.umask`` can only be read by setting it)."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as handle:
+            for line in handle:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str) -> int:
+    """The permission bits a file written at ``path`` should get: those of the file it replaces, else what
+    ``open()`` would give a new file (``0o666`` less the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], Any], suffix: str = '.tmp') -> str:
     """Call ``write(binary_file)`` on a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
 
@@ -48,6 +72,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], Any], suffix: str = '.tm
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, new_file_mode(path))  # mkstemp's file is private (0600); results are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

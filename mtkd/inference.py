@@ -305,9 +305,13 @@ def super_resolve_files(network: nn.Module, paths: Sequence[str], output_dir: st
     """
     targets = [output_path(path, output_dir, suffix) for path in paths]
     seen: dict[str, str] = {}
+    inputs = {os.path.realpath(path) for path in paths}
     for path, target in zip(paths, targets):
         if target in seen:
             raise ValueError(f'{seen[target]} and {path} would both be written to {target}: rename one of them')
+        if os.path.realpath(target) in inputs:
+            raise ValueError(f'{target} is an input image and would be overwritten by an output: choose another '
+                             'output folder or a --suffix')
         seen[target] = path
     os.makedirs(output_dir, exist_ok=True)
     iterator: Iterable = zip(paths, targets)
@@ -327,15 +331,32 @@ def run_inference(spec: ModelSpec, input_path: str, output_dir: str, suffix: str
                   self_ensemble: bool = False) -> list[str]:
     """List the inputs, load the model, super-resolve everything; returns the written paths. The self-ensemble runs
     when ``self_ensemble`` or ``spec.self_ensemble`` asks for it."""
-    paths = list_images(input_path)
+    suffix = default_suffix(spec) if suffix is None else suffix
+    paths = without_own_outputs(list_images(input_path), input_path, output_dir, suffix, logger)
     device = resolve_device(device)
     network = load_model(spec, device, logger=logger)
-    return super_resolve_files(network, paths, output_dir, spec.scale,
-                               default_suffix(spec) if suffix is None else suffix, device, tile_size, tile_overlap,
+    return super_resolve_files(network, paths, output_dir, spec.scale, suffix, device, tile_size, tile_overlap,
                                spec.pad_multiple, spec.pad_mode, progress, self_ensemble or spec.self_ensemble)
+
+
+def without_own_outputs(paths: Sequence[str], input_path: str, output_dir: str, suffix: str,
+                        logger=None) -> list[str]:
+    """``paths`` less the outputs an earlier run wrote into the same folder (``<stem>_<suffix>.png``), so that
+    writing the results beside the inputs does not super-resolve them again on the next run."""
+    if not (suffix and os.path.isdir(input_path) and os.path.isdir(output_dir)
+            and os.path.samefile(input_path, output_dir)):
+        return list(paths)
+    own = [path for path in paths if os.path.basename(path).endswith(f'_{suffix}.png')]
+    if own and logger is not None:
+        logger.warning(f'{len(own)} image(s) in {input_path} end in _{suffix}.png, the outputs of an earlier run '
+                       'into the same folder: skipped')
+    kept = [path for path in paths if path not in set(own)]
+    if not kept:
+        raise FileNotFoundError(f'{input_path} holds only outputs of an earlier run (*_{suffix}.png)')
+    return kept
 
 
 __all__ = ['DEFAULT_TILE_OVERLAP', 'IMAGE_EXTENSIONS', 'ModelSpec', 'build_network', 'check_arch', 'default_suffix',
            'list_images', 'load_model', 'model_spec_from_arch', 'model_spec_from_options', 'network_scale',
            'output_path', 'parse_arch', 'resolve_device', 'run_inference', 'super_resolve', 'super_resolve_files',
-           'write_png']
+           'without_own_outputs', 'write_png']

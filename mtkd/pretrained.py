@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mtkd.errors import MtkdError
 from mtkd.download import ChecksumError, DownloadError, download_file, sha256_of
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ _FIELDS = {'name', 'network', 'scale', 'url', 'download_page', 'sha256', 'sha256
 _REQUIRED = ('name', 'network', 'scale', 'sha256', 'key_format', 'param_key')
 
 
-class ManifestError(ValueError):
+class ManifestError(MtkdError, ValueError):
     """A manifest entry that is malformed (names the entry and the field)."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtkd.transforms.padding import run_padded
 
@@ -159,6 +160,52 @@ def profile_table(rows: Sequence[ProfileRow]) -> str:
     return '\n'.join(lines)
 
 
+# ---- host synchronisation: what would stall the CPU on a GPU, found on any device ---------------------------------
+#: Operators that make the host wait for the device on CUDA: reading a value back (``.item()``, ``bool(t)``,
+#: ``if t:``) or an output whose size depends on the data (PyTorch must read it to allocate).
+SYNCING_OPERATORS = ('aten::_local_scalar_dense', 'aten::nonzero', 'aten::nonzero_static', 'aten::bincount',
+                     'aten::masked_select', 'aten::unique_dim', 'aten::_unique2', 'aten::unique_consecutive',
+                     'aten::repeat_interleave')
+
+
+class HostSyncDetector(TorchDispatchMode):
+    """Records, inside its ``with`` block, every operation that would synchronise the host with a GPU.
+
+    Works on any device, the CPU included (where nothing really waits), so CPU tests can assert that a training
+    step has none: reads of device values (``.item()``, ``bool(tensor)``, ``.tolist()`` of a device tensor go
+    through ``aten::_local_scalar_dense``), data-dependent shapes (:data:`SYNCING_OPERATORS`), and copies from the
+    CPU to another device (``_to_copy``/``copy_`` from a CPU tensor: a host-to-device transfer, e.g. a constant
+    rebuilt on the host at every call; run the code on the ``meta`` device to see them on a CPU-only machine).
+    ``events``: ``(operator, detail)`` in order. On a real GPU, ``torch.cuda.set_sync_debug_mode`` is the ground
+    truth (scripts/gpu_check.sh uses both).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name
+        result = func(*args, **kwargs)
+        if name in SYNCING_OPERATORS:
+            self.events.append((name, 'reads device data on the host'))
+        elif name in ('aten::_to_copy', 'aten::copy_'):
+            source = args[1] if name == 'aten::copy_' else args[0]
+            destination = args[0] if name == 'aten::copy_' else result
+            if (isinstance(source, torch.Tensor) and isinstance(destination, torch.Tensor)
+                    and source.device.type == 'cpu' and destination.device.type != 'cpu'):
+                self.events.append((name, f'host-to-device copy of {tuple(source.shape)} to {destination.device}'))
+        return result
+
+    def summary(self) -> str:
+        """One line per distinct event with its count."""
+        counts: dict[tuple[str, str], int] = {}
+        for event in self.events:
+            counts[event] = counts.get(event, 0) + 1
+        return '\n'.join(f'{count} x {name}: {detail}' for (name, detail), count in counts.items()) or 'none'
+
+
 __all__ = ['DEFAULT_INPUT_SIZE', 'MAC_COUNTERS', 'ProfileRow', 'count_macs', 'count_macs_with_flop_counter',
            'count_macs_with_hooks', 'count_parameters', 'format_count', 'measure_latency', 'profile_network',
-           'profile_table']
+           'profile_table', 'HostSyncDetector', 'SYNCING_OPERATORS']

@@ -9,6 +9,8 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
+from mtkd.errors import MtkdError
+
 #: Column order of the field's benchmark tables; other datasets follow in order of appearance.
 BENCHMARK_ORDER = ('Set5', 'Set14', 'BSD100', 'Urban100', 'Manga109')
 
@@ -54,14 +56,31 @@ def merge_runs(rows: list[TableRow]) -> list[TableRow]:
     return merged
 
 
+class ResultsError(MtkdError, ValueError):
+    """A results folder without ``metrics.json``, or a file that is not one."""
+
+
 def read_metrics_file(path: str, label: str | None = None, with_other_outputs: bool = False) -> list[TableRow]:
     """Rows from one ``metrics.json`` (the model's own, then any other outputs such as teachers)."""
+    folder = path if os.path.isdir(path) or not path.endswith('.json') else os.path.dirname(path)
     if os.path.isdir(path):
         path = os.path.join(path, 'metrics.json')
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} not found: run `python mtkd/test.py -opt <option file>` first.')
+        name = os.path.basename(os.path.normpath(folder))
+        option_file = os.path.join('options', f'{name}.yml')
+        repository = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+        command = (f'python mtkd/test.py -opt {option_file}' if os.path.isfile(os.path.join(repository, option_file))
+                   else 'python mtkd/test.py -opt <option file>')
+        where = f'{folder} does not exist' if not os.path.exists(folder) else f'{path} not found'
+        raise ResultsError(f'{where}: test the model first with `{command}` (it writes results/<name>/metrics.json)')
     with open(path, encoding='utf-8') as handle:
-        content = json.load(handle)
+        try:
+            content = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ResultsError(f'{path} is not valid JSON ({error}): re-run the test that wrote it') from None
+    if not isinstance(content, dict) or not isinstance(content.get('datasets'), dict):
+        raise ResultsError(f"{path} is not an mtkd metrics file (no 'datasets'): give a results/<name> folder that "
+                           'mtkd/test.py wrote')
     datasets = content.get('datasets', {})
     rows = [TableRow(label or content.get('name', os.path.basename(os.path.dirname(path))), content.get('scale'),
                      {name: entry['mean'] for name, entry in datasets.items()})]

@@ -37,6 +37,7 @@ memory map inside a short read transaction (:class:`LmdbArray`), and is safe in 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import hashlib
@@ -51,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from mtkd.errors import MtkdError
 from mtkd.fileio import atomic_write, atomic_write_json, exclusive_lock, file_sha256
 from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, check_fingerprint
 
@@ -71,7 +73,7 @@ IDENTITY_FIELDS = ('format_version', 'key', 'teachers', 'dataset_key', 'scale', 
 _LMDB_HEADER = struct.Struct('<III')
 
 
-class TeacherCacheError(RuntimeError):
+class TeacherCacheError(MtkdError, RuntimeError):
     """A teacher-output cache that is missing, incomplete, or made for other teachers or data."""
 
 
@@ -108,6 +110,131 @@ def cache_key(fingerprints: Sequence[Mapping], data_key: str, scale: int, backen
     return hashlib.sha256(text.encode('utf-8')).hexdigest()[:KEY_LENGTH]
 
 
+# ---- behavioural fingerprint: what the networks' code does, not only which weights they load ----------------
+#: Version of the probe below; a manifest recorded with another probe counts as having no fingerprint.
+PROBE_VERSION = 1
+#: LR side of the probe image (pixels); large enough for window attention and LBNet's token chunks.
+PROBE_SIZE = 16
+#: Probe outputs are rounded to multiples of this before hashing and storing (float16-like, 2^-11 ≈ 4.9e-4).
+PROBE_QUANTUM = 2.0 ** -11
+#: Largest |difference| between recorded and current probe outputs taken as float noise (a quarter grey level).
+PROBE_TOLERANCE = 1e-3
+STALE_OPTION = 'accept_stale_teacher_cache'
+
+
+class StaleTeacherCacheError(TeacherCacheError):
+    """A cache whose networks now compute something else than when it was built (the code changed)."""
+
+
+def probe_image(size: int = PROBE_SIZE) -> 'torch.Tensor':
+    """The fixed probe ``(1, 3, size, size)`` in [0, 1]: colour ramps plus an integer-hash texture.
+
+    Made from integer arithmetic only, so it is the same bit for bit on every machine and library version.
+    """
+    import torch
+
+    rows = torch.arange(size).view(size, 1)
+    cols = torch.arange(size).view(1, size)
+    planes = []
+    for channel in range(3):
+        ramp = (rows * (channel + 1) + cols * (3 - channel)) % (4 * size)
+        texture = (rows * 7 + cols * 13 + rows * cols + channel * 5) % 17
+        planes.append(ramp.float() / (4 * size) * 0.6 + texture.float() / 16 * 0.4)
+    return torch.stack(planes).unsqueeze(0)
+
+
+def _encode_probe(quantised: np.ndarray) -> str:
+    import base64
+    import zlib
+
+    return base64.b64encode(zlib.compress(quantised.astype('<i4').tobytes(), 9)).decode('ascii')
+
+
+def _decode_probe(text: str, shape: Sequence[int]) -> np.ndarray:
+    import base64
+    import zlib
+
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype='<i4').reshape(shape)
+
+
+@contextlib.contextmanager
+def _ieee_float32():
+    """IEEE fp32 matmuls and cuDNN convolutions inside (no TF32), the previous settings restored after. Uses the
+    per-backend ``fp32_precision`` API where torch has it (mixing it with ``allow_tf32`` is an error there)."""
+    import torch
+
+    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
+    if hasattr(cudnn, 'conv') and hasattr(cudnn.conv, 'fp32_precision'):
+        flags = [(cuda.matmul, 'fp32_precision'), (cudnn.conv, 'fp32_precision'), (cudnn.rnn, 'fp32_precision')]
+        off = 'ieee'
+    else:  # torch < 2.9
+        flags = [(cuda.matmul, 'allow_tf32'), (cudnn, 'allow_tf32')]
+        off = False
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, off)
+        yield
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
+
+
+def behaviour_fingerprint(ensemble) -> dict[str, Any]:
+    """Each network's output on :func:`probe_image`, rounded to :data:`PROBE_QUANTUM`: its sha256 and the values.
+
+    ``ensemble``: a :class:`mtkd.teachers.TeacherEnsemble` or :class:`mtkd.aggregated_teachers.AggregatedTeachers`
+    (anything with ``names``, ``device`` and ``forward(lq)``), run as it is when the cache is built (padding,
+    self-ensemble), in float32 with TF32 off, so the same code gives the same numbers on a CPU and a GPU up to
+    float noise. Weights and arguments are in the cache key already; this records what the code does with them,
+    so a changed ``forward`` (a teacher's or DCTSwin's) is noticed when the cache is opened.
+
+    Returns ``{'probe': {version, size, quantum}, 'outputs': {name: {'sha256', 'shape', 'values'}}}`` (values:
+    base64 of zlib-compressed little-endian int32 multiples of the quantum).
+    """
+    import torch
+
+    with _ieee_float32(), torch.autocast(device_type=torch.device(ensemble.device).type, enabled=False):
+        outputs = ensemble.forward(probe_image().to(ensemble.device))
+    recorded = {}
+    for name, output in zip(ensemble.names, outputs):
+        values = output[0].detach().double().cpu().numpy()
+        if not np.isfinite(values).all():
+            raise TeacherCacheError(f"network '{name}' gives non-finite values on the probe image: check its weights")
+        quantised = np.round(values / PROBE_QUANTUM).astype(np.int64)
+        if np.abs(quantised).max(initial=0) >= 2 ** 31:
+            raise TeacherCacheError(f"network '{name}' gives values beyond ±1e6 on the probe image: check its range")
+        digest = hashlib.sha256(quantised.astype('<i4').tobytes() + repr(quantised.shape).encode()).hexdigest()
+        recorded[name] = {'sha256': digest, 'shape': list(quantised.shape), 'values': _encode_probe(quantised)}
+    return {'probe': {'version': PROBE_VERSION, 'size': PROBE_SIZE, 'quantum': PROBE_QUANTUM}, 'outputs': recorded}
+
+
+def behaviour_differences(recorded: Mapping | None, current: Mapping) -> dict[str, str] | None:
+    """``{name: why}`` for each network whose probe output changed by more than :data:`PROBE_TOLERANCE`; ``{}``
+    when all agree; None when ``recorded`` is absent or made with another probe (nothing to compare with).
+
+    Equal hashes agree at once; otherwise the stored values are compared, because float noise can move a value
+    across a rounding boundary and change the hash without changing anything that matters.
+    """
+    if not recorded or recorded.get('probe') != current['probe']:
+        return None
+    differences = {}
+    for name, entry in current['outputs'].items():
+        old = recorded.get('outputs', {}).get(name)
+        if old is None:
+            differences[name] = 'no recorded probe output'
+        elif old['sha256'] == entry['sha256']:
+            continue
+        elif list(old['shape']) != list(entry['shape']):
+            differences[name] = f"probe output shape {tuple(old['shape'])} then, {tuple(entry['shape'])} now"
+        else:
+            change = np.abs(_decode_probe(old['values'], old['shape']).astype(np.int64)
+                            - _decode_probe(entry['values'], entry['shape']).astype(np.int64)).max() * PROBE_QUANTUM
+            if change > PROBE_TOLERANCE:
+                differences[name] = f'probe output changed by up to {change:.4g}'
+    return differences
+
+
 def paired_lq_paths(dataroot_gt: str, dataroot_lq: str, filename_tmpl: str = '{}',
                     meta_info_file: str | None = None) -> list[dict[str, str]]:
     """``[{'lq_path', 'gt_path'}]`` exactly as BasicSR's ``PairedImageDataset`` pairs a GT and an LQ folder."""
@@ -123,6 +250,31 @@ def paired_lq_paths(dataroot_gt: str, dataroot_lq: str, filename_tmpl: str = '{}
 
 
 # ---- storage backends: where the arrays live ---------------------------------------------------------------
+def npy_damage(path: str) -> str | None:
+    """What is wrong with a ``.npy`` file, or None when its header parses and its size matches the header.
+
+    Reads only the header (a few hundred bytes): an interrupted copy or a full disk leaves a file that
+    ``np.load(mmap_mode='r')`` refuses with "mmap length is greater than file size".
+    """
+    try:
+        with open(path, 'rb') as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                return f'.npy format version {version}, not written by this cache'
+            header_bytes = handle.tell()
+    except (OSError, ValueError, EOFError) as error:
+        return f'unreadable header: {error}'
+    expected = header_bytes + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = os.path.getsize(path)
+    if actual != expected:
+        return f'{actual} bytes where its header {tuple(shape)} {dtype} needs {expected}: truncated or overwritten'
+    return None
+
+
 class NpyStorage:
     """One ``.npy`` file per teacher and image, read through a memory map."""
 
@@ -133,19 +285,39 @@ class NpyStorage:
         return os.path.join(self.folder, teacher, f'{stem}.npy')
 
     def has(self, teacher: str, stem: str) -> bool:
-        return os.path.isfile(self.file(teacher, stem))
+        """True when the file is there and whole (:func:`npy_damage` finds nothing): a truncated file counts as
+        absent, so a build recomputes it."""
+        path = self.file(teacher, stem)
+        return os.path.isfile(path) and npy_damage(path) is None
 
     def write(self, teacher: str, stem: str, array: np.ndarray) -> None:
         atomic_write(self.file(teacher, stem), lambda handle: np.save(handle, array, allow_pickle=False))
 
     def open(self, teacher: str, stem: str) -> np.ndarray:
-        """A read-only memory map ``(sH, sW, 3)`` float16: nothing is read until it is sliced and copied."""
-        return np.load(self.file(teacher, stem), mmap_mode='r', allow_pickle=False)
+        """A read-only memory map ``(sH, sW, 3)`` float16: nothing is read until it is sliced and copied.
 
-    def prepare_for_writing(self) -> None:
-        """Remove temporary files left by a build that was killed mid-write."""
-        for path in glob.glob(os.path.join(self.folder, '*', '.*.tmp')):
-            os.remove(path)
+        A truncated or unreadable file raises :class:`TeacherCacheError` naming it and the command that recomputes
+        just that entry."""
+        path = self.file(teacher, stem)
+        damage = npy_damage(path) if os.path.isfile(path) else None
+        if damage is None:
+            try:
+                return np.load(path, mmap_mode='r', allow_pickle=False)
+            except FileNotFoundError:
+                raise
+            except (OSError, ValueError, EOFError) as error:
+                damage = f'{type(error).__name__}: {error}'
+        raise TeacherCacheError(f"the cached output of teacher '{teacher}' for image '{stem}', {path}, is corrupt "
+                                f'({damage}). Delete that file and run `{BUILD_COMMAND}`: it recomputes only the '
+                                'missing entries (training with teachers: in the option file does the same at start)')
+
+    def prepare_for_writing(self, stems: Sequence[str] | None = None) -> None:
+        """Remove temporary files left by a build that was killed mid-write (of ``stems`` only, when given: a
+        sharded build must not delete the file another rank is writing)."""
+        patterns = ['.*.tmp'] if stems is None else [f'.{glob.escape(stem)}.npy.*.tmp' for stem in stems]
+        for pattern in patterns:
+            for path in glob.glob(os.path.join(self.folder, '*', pattern)):
+                os.remove(path)
 
     def close(self) -> None:
         pass
@@ -256,8 +428,9 @@ class LmdbStorage:
             shape = _LMDB_HEADER.unpack_from(value)
         return LmdbArray(self.path, key, shape)
 
-    def prepare_for_writing(self) -> None:
-        """Open the environment writable (LMDB commits are atomic: nothing to clean up)."""
+    def prepare_for_writing(self, stems: Sequence[str] | None = None) -> None:
+        """Open the environment writable (LMDB commits are atomic: nothing to clean up; LMDB serialises the
+        writers of several processes)."""
         _lmdb_environment(self.path, writable=True)
 
     def close(self) -> None:
@@ -398,18 +571,66 @@ class TeacherOutputCache:
         self._check_manifest(manifest)
         return not self.missing(image_stems)
 
+    # ---- behaviour: is the code that made these outputs still the code that runs? --------------------------
+    def check_behaviour(self, ensemble, accept_stale: bool = False,
+                        logger: logging.Logger | None = None) -> dict[str, Any]:
+        """Compare ``ensemble``'s probe outputs now with those recorded when the cache was built.
+
+        Raises :class:`StaleTeacherCacheError` naming each network that changed (and what to do) when they differ
+        beyond float noise, or when the manifest records none; with ``accept_stale`` it only logs a warning.
+        Returns the current :func:`behaviour_fingerprint`.
+        """
+        current = behaviour_fingerprint(ensemble)
+        self._judge_behaviour(behaviour_differences((self.read_manifest() or {}).get('behaviour'), current),
+                              accept_stale, logger)
+        return current
+
+    def _judge_behaviour(self, differences: dict[str, str] | None, accept_stale: bool,
+                         logger: logging.Logger | None) -> None:
+        if differences == {}:
+            return
+        if differences is None:
+            problem = (f'the teacher-output cache {self.path} records no behavioural fingerprint (built by an '
+                       'older mtkd): nothing says its outputs come from the code that runs now')
+        else:
+            details = '; '.join(f"'{name}': {why}" for name, why in differences.items())
+            problem = (f'the teacher-output cache {self.path} was made by networks that now compute something '
+                       f'else ({details}). Their weights and arguments are unchanged (both are in the cache key), '
+                       "so their code changed (a teacher arch's forward, or DCTSwin for an I_MT cache) and the "
+                       'cached outputs are stale')
+        if accept_stale:
+            (logger or logging.getLogger(__name__)).warning(f'{problem}; used anyway (accept-stale).')
+            return
+        raise StaleTeacherCacheError(
+            f'{problem}. Rebuild it: delete {self.path} and run `{BUILD_COMMAND}` (or start training again: a '
+            'missing cache is built at start). If the change is harmless, keep it: `--accept-stale` on '
+            f'scripts/build_teacher_cache.py records the current behaviour, `{STALE_OPTION}: true` in the '
+            'dataset block uses the cache for a run as it is.')
+
     # ---- building ------------------------------------------------------------------------------------
     def build(self, ensemble: TeacherEnsemble, lq_paths: Sequence[str], progress: bool = True,
-              logger: logging.Logger | None = None) -> BuildReport:
+              logger: logging.Logger | None = None, accept_stale: bool = False,
+              shard: tuple[int, int] = (0, 1)) -> BuildReport:
         """Run every teacher once on every LR image not yet stored, storing float16 HWC RGB outputs.
 
         Checks first that ``ensemble`` is the teachers the key was made for (:class:`TeacherMismatchError`)
         and that ``lq_paths`` hash to the key's dataset key (rereads the LR files). Images whose outputs are
         all present are skipped (resume); the manifest is marked complete at the end. A build holds the cache's
         lock file (``.build.lock``) throughout: a second process building the same cache waits, then reuses
-        everything the first stored.
+        everything the first stored. The networks' :func:`behaviour_fingerprint` is recorded in the manifest; a
+        resumed build whose stored outputs came from networks that now behave otherwise is refused
+        (:class:`StaleTeacherCacheError`) unless ``accept_stale``, which keeps them and records the current
+        behaviour. Truncated files count as absent and are recomputed.
+
+        ``shard=(index, count)``: compute only every ``count``-th image from ``index`` (of the images sorted by
+        name), as one of ``count`` processes building the cache together (one per GPU under torchrun); each
+        shard holds its own lock, and the cache is marked complete by :meth:`finish_sharded_build` once every
+        shard is done (:func:`build_sharded` does the whole sequence).
         """
         start = time.perf_counter()
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f'shard must be (index, count) with 0 <= index < count, got {shard}')
         check_fingerprint(self.ensemble_fingerprint, ensemble.fingerprint(), what='teacher-output cache')
         random_teachers = [entry['name'] for entry in self.ensemble_fingerprint if entry.get('weights_sha256') is None]
         if random_teachers:
@@ -421,7 +642,7 @@ class TeacherOutputCache:
             raise TeacherCacheError('the LR images given differ from those the cache key was made from '
                                     '(other files or content); make the cache with dataset_key(lq_paths)')
         paths = sorted(lq_paths, key=os.path.basename)
-        lock_path = os.path.join(self.path, BUILD_LOCK_NAME)
+        lock_path = os.path.join(self.path, BUILD_LOCK_NAME if count == 1 else f'.build.{index}-of-{count}.lock')
 
         def report_waiting() -> None:
             (logger or logging.getLogger(__name__)).info(
@@ -430,10 +651,12 @@ class TeacherOutputCache:
         # Two runs started together (ablations sharing teachers) would otherwise both compute every output, and
         # one's clean-up of half-written files could delete a file the other is writing.
         with exclusive_lock(lock_path, on_wait=report_waiting):
-            return self._build_locked(ensemble, paths, progress, logger, start)
+            return self._build_locked(ensemble, paths, progress, logger, start, accept_stale=accept_stale,
+                                      shard=shard)
 
     def _build_locked(self, ensemble: TeacherEnsemble, paths: Sequence[str], progress: bool,
-                      logger: logging.Logger | None, start: float) -> BuildReport:
+                      logger: logging.Logger | None, start: float, accept_stale: bool = False,
+                      shard: tuple[int, int] = (0, 1)) -> BuildReport:
         """:meth:`build` once it holds the cache's build lock: images stored meanwhile by another process are reused."""
         from tqdm import tqdm
 
@@ -441,21 +664,28 @@ class TeacherOutputCache:
 
         stems = [image_stem(path) for path in paths]
         manifest = self.read_manifest()
+        behaviour = behaviour_fingerprint(ensemble)
         if manifest is not None:
             self._check_manifest(manifest)
             created = manifest.get('created')
+            if len(self.missing(stems)) < len(stems) * len(self.teacher_names):  # outputs stored by an earlier run
+                self._judge_behaviour(behaviour_differences(manifest.get('behaviour'), behaviour), accept_stale,
+                                      logger)
         else:
             created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         record = dict(self.identity(), teacher_names=self.teacher_names, layout='HWC, RGB, nominally [0, 1], '
-                      'not clamped', created=created, complete=False, completed=None, images=stems)
+                      'not clamped', created=created, complete=False, completed=None, images=stems,
+                      behaviour=behaviour)
         atomic_write_json(record, self.manifest_path)
-        self._storage.prepare_for_writing()
+        index, count = shard
+        mine = list(zip(paths, stems))[index::count]
+        self._storage.prepare_for_writing(None if count == 1 else [stem for _, stem in mine])
 
         computed = reused = 0
-        bar = tqdm(total=len(paths), unit='img', desc=f'teacher cache {self.key}', disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(mine), unit='img', desc=f'teacher cache {self.key}' + (f' [{index + 1}/{count}]'
+                   if count > 1 else ''), disable=not progress, dynamic_ncols=True)
         try:
-            for path, stem in zip(paths, stems):
+            for path, stem in mine:
                 absent = [name for name in self.teacher_names if not self._storage.has(name, stem)]
                 if not absent:
                     reused += 1
@@ -478,13 +708,33 @@ class TeacherOutputCache:
             bar.close()
             if self.backend == 'lmdb':
                 self._storage.close()
-        record.update(complete=True,
-                      completed=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
-        atomic_write_json(record, self.manifest_path)
+        if count == 1:
+            record.update(complete=True,
+                          completed=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+            atomic_write_json(record, self.manifest_path)
         seconds = time.perf_counter() - start
         if logger is not None:
-            logger.info(f'teacher cache {self.path}: {computed} images computed, {reused} reused, {seconds:.1f} s')
+            part = f' (shard {index + 1} of {count})' if count > 1 else ''
+            logger.info(f'teacher cache {self.path}{part}: {computed} images computed, {reused} reused, '
+                        f'{seconds:.1f} s')
         return BuildReport(computed=computed, reused=reused, seconds=seconds, path=self.path)
+
+    def finish_sharded_build(self, lq_paths: Sequence[str]) -> None:
+        """After every shard of a sharded :meth:`build` finished: check that every output is stored and mark the
+        manifest complete. Every process may call it (the manifest is replaced atomically with the same content)."""
+        stems = sorted(image_stem(path) for path in lq_paths)
+        missing = self.missing(stems)
+        if missing:
+            shown = ', '.join(f'{stem} ({teacher})' for teacher, stem in missing[:5])
+            raise TeacherCacheError(f'the sharded build of {self.path} left {len(missing)} outputs missing ({shown}): '
+                                    f'a process failed; run the build again (finished outputs are kept)')
+        record = self.read_manifest()
+        if record is None:
+            raise TeacherCacheError(f'{self.manifest_path} vanished during the sharded build; build again')
+        if not record.get('complete'):
+            record.update(complete=True,
+                          completed=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+            atomic_write_json(record, self.manifest_path)
 
     # ---- reading -------------------------------------------------------------------------------------
     def open_array(self, teacher_name: str, stem: str) -> np.ndarray | LmdbArray:
@@ -536,15 +786,35 @@ def training_pairs_from_options(options: Mapping, root: str = '.') -> list[dict]
                            _from_root(train['meta_info_file'], root) if train.get('meta_info_file') else None)
 
 
+def build_sharded(cache: TeacherOutputCache, networks, lq_paths: Sequence[str], progress: bool = True,
+                  logger: logging.Logger | None = None, accept_stale: bool = False) -> BuildReport:
+    """Build ``cache`` with every process of the process group computing its share of the images, then one
+    barrier (bounded by ``dist_params.timeout``), then the manifest is marked complete. Without a process group,
+    an ordinary :meth:`TeacherOutputCache.build`. Returns this process's report (its share only)."""
+    from mtkd import distributed
+
+    rank, world = distributed.rank_and_world()
+    report = cache.build(networks, lq_paths, progress=progress and rank == 0, logger=logger,
+                         accept_stale=accept_stale, shard=(rank, world))
+    if world > 1:
+        distributed.barrier()
+        cache.finish_sharded_build(lq_paths)
+    return report
+
+
 def build_cache_from_options(options: Mapping, root: str = '.', device: str = 'cpu', backend: str = 'npy',
                              tile_size: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
-                             progress: bool = True, logger: logging.Logger | None = None
+                             progress: bool = True, logger: logging.Logger | None = None,
+                             accept_stale: bool = False, content: str = 'teachers'
                              ) -> tuple[TeacherOutputCache, BuildReport]:
     """Build the cache of an option file's ``teachers:`` on its ``datasets.train`` LR images.
 
     Reads ``scale``, ``teachers`` and ``datasets.train`` (``dataroot_gt``, ``dataroot_lq``, ``filename_tmpl``,
     ``meta_info_file``, ``teacher_cache_root``, default ``datasets/teacher_cache``). Relative paths are taken
-    from ``root`` (the repository root).
+    from ``root`` (the repository root). ``accept_stale``: see :meth:`TeacherOutputCache.build`. ``content``:
+    ``'teachers'`` (each teacher's output) or ``'aggregate'`` (MTKD stage 2's ``I_MT``: the teachers followed by
+    the file's ``aggregator:``). Under torchrun every process builds its share (:func:`build_sharded`) and
+    the report counts that share.
     """
     from mtkd.teachers import teacher_specs_from_options
 
@@ -553,18 +823,52 @@ def build_cache_from_options(options: Mapping, root: str = '.', device: str = 'c
             raise ValueError(f"the option file has no '{key}'; a stage-1/distillation file lists teachers: and "
                              'datasets: train:')
     train = training_dataset_options(options)
+    if content not in ('teachers', 'aggregate'):
+        raise ValueError(f"content must be 'teachers' or 'aggregate', got {content!r}")
+    if content == 'aggregate' and not options.get('aggregator'):
+        raise ValueError("content 'aggregate' (I_MT) needs the option file's aggregator: block (a stage-2 file)")
     scale = options['scale']
     specs = teacher_specs_from_options(options['teachers'], root)
     lq_paths = [pair['lq_path'] for pair in training_pairs_from_options(options, root)]
     ensemble = TeacherEnsemble(specs, scale, device=device, logger=logger)
+    networks = ensemble
+    if content == 'aggregate':
+        from mtkd.aggregated_teachers import AggregatedTeachers
+
+        aggregator = dict(options['aggregator'])
+        if aggregator.get('weights'):
+            aggregator['weights'] = _from_root(aggregator['weights'], root)
+        networks = AggregatedTeachers(ensemble, aggregator, root, logger=logger)
     cache = TeacherOutputCache(_from_root(train.get('teacher_cache_root') or DEFAULT_CACHE_ROOT, root),
-                               ensemble.fingerprint(),
-                               dataset_key(lq_paths), scale, backend, tile_size, tile_overlap)
-    return cache, cache.build(ensemble, lq_paths, progress=progress, logger=logger)
+                               networks.fingerprint(), dataset_key(lq_paths), scale, backend, tile_size, tile_overlap)
+    return cache, build_sharded(cache, networks, lq_paths, progress=progress, logger=logger,
+                                accept_stale=accept_stale)
+
+
+def check_dataset_cache_behaviour(cache: TeacherOutputCache, opt: Mapping,
+                                  logger: logging.Logger | None = None) -> None:
+    """:meth:`TeacherOutputCache.check_behaviour` for a ``TeacherPairedImageDataset`` block, when it opens its cache.
+
+    Builds the networks whose outputs the cache holds from the ``teachers`` (and ``aggregator``) that mtkd fills
+    into the block (:func:`mtkd.aggregated_teachers.cache_networks_from_options`); a block without them (a cache
+    named by hand with ``teacher_cache_dir`` only) cannot be checked. ``accept_stale_teacher_cache: true`` in the
+    block turns a refusal into a warning.
+    """
+    if not opt.get('teachers'):
+        return
+    import torch
+
+    from mtkd.aggregated_teachers import cache_networks_from_options
+
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    networks = cache_networks_from_options(opt, device, logger)
+    cache.check_behaviour(networks, accept_stale=bool(opt.get(STALE_OPTION)), logger=logger)
 
 
 __all__ = ['TeacherOutputCache', 'TeacherCacheError', 'TeacherMismatchError', 'BuildReport', 'LmdbArray',
-           'close_lmdb_environments', 'dataset_key',
-           'cache_key', 'image_stem', 'paired_lq_paths', 'build_cache_from_options', 'training_dataset_options',
+           'close_lmdb_environments', 'dataset_key', 'StaleTeacherCacheError', 'behaviour_fingerprint',
+           'behaviour_differences', 'check_dataset_cache_behaviour', 'npy_damage', 'probe_image',
+           'cache_key', 'image_stem', 'paired_lq_paths', 'build_cache_from_options', 'build_sharded',
+           'training_dataset_options',
            'training_pairs_from_options', 'NpyStorage', 'LmdbStorage',
            'BACKENDS', 'DEFAULT_CACHE_ROOT', 'BUILD_COMMAND']

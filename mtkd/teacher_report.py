@@ -3,11 +3,13 @@
 DTKD (Li et al., "Reliable Image Super-Resolution Using Dual-Teacher Knowledge Distillation", KBS 2025) argues
 that a good teacher generates reliable, learnable textures and not false textures. This module measures, for each
 teacher on each benchmark set: the field's PSNR/SSIM (:mod:`mtkd.evaluation`'s protocol), NIQE (BasicSR's
-``calculate_niqe``, no reference, lower = more natural) and a false-texture measure, the high-frequency energy the
-teacher puts where the ground truth has little (:func:`false_texture_energy`). docs/teacher_report.md explains how
-to read them.
+``calculate_niqe``, no reference, lower = more natural), optionally LPIPS (:class:`mtkd.metrics.lpips_metric.LPIPS`,
+full reference, lower = perceptually closer; weights from local files) and a false-texture measure, the
+high-frequency energy the teacher puts where the ground truth has little (:func:`false_texture_energy`).
+docs/teacher_report.md explains how to read them; comparing EdgeSRN trained with and without its VGG term
+(``options/test_dtkd_edgesrn_x4.yml`` and ``test_dtkd_edgesrn_novgg_x4.yml``) is the DTKD use (docs/dtkd.md).
 
-All three image measures are taken on the 8-bit image the teacher output rounds to (``tensor_to_image``, clamped
+All image measures are taken on the 8-bit image the teacher output rounds to (``tensor_to_image``, clamped
 to [0, 1]), exactly as PSNR is, with ``crop_border = scale``.
 """
 from __future__ import annotations
@@ -154,8 +156,8 @@ class ImageObserver(Protocol):
 class TeacherReportRow:
     """One teacher on one benchmark set: means over its images (false texture: over images with flat pixels).
 
-    ``niqe`` is None when NIQE was not computed. ``per_image``: ``name -> {psnr, ssim, niqe, false_texture,
-    flat_fraction}``.
+    ``niqe`` (``lpips``) is None when NIQE (LPIPS) was not computed. ``per_image``: ``name -> {psnr, ssim, niqe,
+    false_texture, flat_fraction, lpips}``.
     """
     teacher: str
     dataset: str
@@ -167,6 +169,19 @@ class TeacherReportRow:
     false_texture: float
     flat_fraction: float
     per_image: dict[str, dict[str, float | None]] = field(default_factory=dict, repr=False)
+    lpips: float | None = None
+
+
+def lpips_score(network: nn.Module, sr_bgr_uint8: np.ndarray, gt_bgr_uint8: np.ndarray, crop_border: int) -> float:
+    """LPIPS between two uint8 BGR images of one size, ``crop_border`` pixels cropped per side (``network``: an
+    :class:`mtkd.metrics.lpips_metric.LPIPS`, on its own device)."""
+    def tensor(image: np.ndarray) -> torch.Tensor:
+        if crop_border:
+            image = image[crop_border:-crop_border, crop_border:-crop_border]
+        return image_to_tensor(np.ascontiguousarray(image)).to(_network_device(network))
+
+    with torch.no_grad():
+        return float(network(tensor(sr_bgr_uint8), tensor(gt_bgr_uint8))[0])
 
 
 def _network_device(network: nn.Module) -> torch.device:
@@ -183,7 +198,8 @@ def _nan_mean(values: Sequence[float]) -> float:
 def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], scale: int, niqe: bool = True,
                     tile_size: int | None = None, tile_overlap: int = 16, flat_threshold: float = FLAT_THRESHOLD,
                     logger: logging.Logger | None = None,
-                    observers: Sequence[ImageObserver] = (), progress: bool = False) -> list[TeacherReportRow]:
+                    observers: Sequence[ImageObserver] = (), progress: bool = False,
+                    lpips: nn.Module | None = None) -> list[TeacherReportRow]:
     """PSNR/SSIM, NIQE and false texture of each teacher on each benchmark set; one row per (teacher, set).
 
     ``networks``: name → network taking RGB ``(1, 3, h, w)`` in [0, 1] (on its parameters' device) and returning
@@ -193,7 +209,9 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
     run on tiles of this many LR pixels (:func:`mtkd.teachers.run_tiled`) to bound memory. ``observers``:
     accumulators also given every image's teacher outputs, set by set (:class:`ImageObserver`: the error
     correlation of :mod:`mtkd.error_correlation`, the fusion bounds of :mod:`mtkd.fusion_bounds`). ``progress``:
-    a progress bar per set on stderr (images done, rate, ETA).
+    a progress bar per set on stderr (images done, rate, ETA). ``lpips``: an
+    :class:`mtkd.metrics.lpips_metric.LPIPS` network (RGB [0, 1] pairs → distances); when given, each teacher's LPIPS
+    to the ground truth is measured on the same 8-bit images, ``crop_border = scale`` pixels cropped.
     """
     from tqdm import tqdm
 
@@ -222,7 +240,9 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
                 per_image[(name, set_dir)][image_name] = {
                     'psnr': score.psnr, 'ssim': score.ssim,
                     'niqe': niqe_score(sr_bgr, scale) if niqe else None,
-                    'false_texture': float(texture.energy[0]), 'flat_fraction': float(texture.flat_fraction[0])}
+                    'false_texture': float(texture.energy[0]), 'flat_fraction': float(texture.flat_fraction[0]),
+                    'lpips': lpips_score(lpips, sr_bgr, ground_truth_for(sr_bgr, hr_bgr), scale)
+                    if lpips is not None else None}
             for observer in observers:
                 observer.add(set_names[set_dir], outputs, hr_bgr, scale)
             logger.debug(f'{set_names[set_dir]}/{image_name} done')
@@ -239,7 +259,8 @@ def report_teachers(networks: Mapping[str, nn.Module], set_dirs: Sequence[str], 
                 niqe=float(np.mean([value['niqe'] for value in values])) if niqe else None,
                 false_texture=_nan_mean([value['false_texture'] for value in values]),
                 flat_fraction=float(np.mean([value['flat_fraction'] for value in values])),
-                per_image=images))
+                per_image=images,
+                lpips=float(np.mean([value['lpips'] for value in values])) if lpips is not None else None))
     return rows
 
 
@@ -250,8 +271,9 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def report_markdown(rows: Sequence[TeacherReportRow], psnr_digits: int = 2, ssim_digits: int = 4,
-                    niqe_digits: int = 4, texture_digits: int = 4) -> str:
-    """Markdown table: a row per teacher, per set three columns ``PSNR/SSIM``, ``NIQE``, ``false texture``.
+                    niqe_digits: int = 4, texture_digits: int = 4, lpips_digits: int = 4) -> str:
+    """Markdown table: a row per teacher, per set three columns ``PSNR/SSIM``, ``NIQE``, ``false texture``, and
+    ``LPIPS`` when any row has it.
 
     Sets in the field's order (:func:`mtkd.tables.dataset_columns`), cells formatted as :mod:`mtkd.tables`
     (``-``: not measured).
@@ -262,20 +284,23 @@ def report_markdown(rows: Sequence[TeacherReportRow], psnr_digits: int = 2, ssim
             teachers.append(row.teacher)
         means.setdefault(row.teacher, {})[row.dataset] = row
     scales = {row.teacher: row.scale for row in rows}
+    with_lpips = any(row.lpips is not None for row in rows)
     datasets = dataset_columns([_Columns({row.dataset: {} for row in rows})])
     header = ['Teacher', 'Scale']
     for dataset in datasets:
         header += [f'{dataset} PSNR/SSIM', f'{dataset} NIQE', f'{dataset} false texture']
+        header += [f'{dataset} LPIPS'] if with_lpips else []
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for teacher in teachers:
         cells = [teacher, f'x{scales[teacher]}']
         for dataset in datasets:
             row = means[teacher].get(dataset)
             if row is None:
-                cells += ['-', '-', '-']
+                cells += ['-'] * (4 if with_lpips else 3)
                 continue
             cells += [format_cell({'psnr': row.psnr, 'ssim': row.ssim}, psnr_digits, ssim_digits),
                       _number(row.niqe, niqe_digits), _number(row.false_texture, texture_digits)]
+            cells += [_number(row.lpips, lpips_digits)] if with_lpips else []
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -347,6 +372,7 @@ def networks_from_option_file(options: Mapping, scale: int, root: str | None = N
 
 
 __all__ = ['FLAT_THRESHOLD', 'FLAT_WINDOW', 'FalseTexture', 'ImageObserver', 'SELF_ENSEMBLE_SUFFIX', 'TeacherNetwork',
-           'TeacherReportRow', 'false_texture_energy', 'false_texture_map', 'high_pass', 'local_mean', 'luma',
+           'TeacherReportRow', 'false_texture_energy', 'false_texture_map', 'high_pass', 'local_mean', 'lpips_score',
+           'luma',
            'networks_from_option_file', 'niqe_score', 'report_markdown', 'report_teachers', 'self_ensembled',
            'teacher_specs_from_option_file']

@@ -43,10 +43,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtkd.errors import MtkdError
 from mtkd.transforms.padding import PAD_MODES, run_padded
 from mtkd.transforms.self_ensemble import self_ensemble
 from mtkd.weights import file_sha256, load_weights
 
+#: The repository (option files and pretrained/manifest.yaml, for the hints of missing weights).
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 #: Where to get missing teacher weights (shown in errors).
 TEACHER_WEIGHTS_HINT = ('link the shared weights with `make link-shared` or fetch the official ones with '
                         '`python scripts/download_pretrained.py` (pretrained/README.md); option-file tests may '
@@ -56,11 +59,11 @@ _NAME_PATTERN = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]*$')
 _SCALE_ARGUMENTS = ('upscale', 'scale', 'upscale_factor')
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(MtkdError, ValueError):
     """Saved teachers (a KA checkpoint, a teacher-output cache) differ from the configured ones."""
 
 
-class TeacherWeightsError(FileNotFoundError):
+class TeacherWeightsError(MtkdError, FileNotFoundError):
     """A teacher's weights file is missing (or not given)."""
 
 
@@ -415,8 +418,10 @@ class TeacherEnsemble:
         if spec.weights is None or not os.path.isfile(spec.weights):
             where = 'no weights given' if spec.weights is None else f'weights file {spec.weights} not found'
             if not allow_random_weights:
-                raise TeacherWeightsError(f"teacher '{spec.name}' ({spec.network['type']}): {where}; "
-                                          f'{TEACHER_WEIGHTS_HINT}.')
+                from mtkd.config.hints import weights_hint
+
+                hint = weights_hint(spec.weights, REPO_ROOT) if spec.weights else TEACHER_WEIGHTS_HINT
+                raise TeacherWeightsError(f"teacher '{spec.name}' ({spec.network['type']}): {where}; {hint}.")
             self.logger.warning(f"teacher '{spec.name}' ({spec.network['type']}): {where}; RANDOM weights "
                                 '(allow_random_weights=True): its outputs mean nothing.')
             return None

@@ -43,6 +43,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from mtkd.errors import MtkdError
+
 Converter = Callable[[Mapping], dict]
 
 #: Mean RGB of the DIV2K training images (1-800) on [0, 1], used by both official codes and by BasicSR.
@@ -62,7 +64,7 @@ REQUIRED_ARCH_OPTIONS = {
 }
 
 
-class WeightFormatError(ValueError):
+class WeightFormatError(MtkdError, ValueError):
     """A state dict that does not have the layout its ``key_format`` promises."""
 
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
+from mtkd.errors import MtkdError
 from mtkd.fileio import file_sha256  # noqa: F401  (re-exported: callers hash weight files via mtkd.weights)
 
 PARAM_KEY_AUTO = 'auto'
@@ -29,7 +30,7 @@ PARAM_KEY_AUTO = 'auto'
 AUTO_PARAM_KEYS = ('params_ema', 'params', 'state_dict', 'model')
 
 
-class WeightLoadError(RuntimeError):
+class WeightLoadError(MtkdError, RuntimeError):
     """A checkpoint that cannot be read or does not fit the network."""
 
 
@@ -64,6 +65,17 @@ def read_checkpoint(path: str) -> dict:
         raise WeightLoadError(
             f'Cannot read checkpoint {path} with torch.load(weights_only=True): {error!s}. The file is truncated '
             'or not a PyTorch checkpoint.') from error
+
+
+def safetensors_metadata(path: str) -> dict[str, str]:
+    """The string metadata in a ``.safetensors`` header (empty when there is none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework='pt', device='cpu') as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:  # safetensors raises its own error types
+        raise WeightLoadError(f'Cannot read safetensors file {path}: {error}') from error
 
 
 def _is_state_dict(obj) -> bool:
@@ -112,7 +124,15 @@ def read_state_dict(path: str, param_key: str | None = PARAM_KEY_AUTO, key_forma
 
     if key_format not in CONVERTERS:
         raise ValueError(f"Unknown key_format '{key_format}' for {path}; choose one of {sorted(CONVERTERS)}.")
-    state_dict = strip_prefix(select_state_dict(read_checkpoint(path), param_key, path))
+    checkpoint = read_checkpoint(path)
+    if path.endswith('.safetensors'):
+        # A safetensors file is one flat state dict: mtkd's export writes the network as its option file loaded it
+        # (param_key and key_format applied), so the option file written for the .pth loads it as well.
+        if param_key not in (None, PARAM_KEY_AUTO) and param_key not in checkpoint and _is_state_dict(checkpoint):
+            param_key = None
+        if safetensors_metadata(path).get('key_format') == 'basicsr':
+            key_format = 'basicsr'
+    state_dict = strip_prefix(select_state_dict(checkpoint, param_key, path))
     try:
         return convert_state_dict(state_dict, key_format)
     except WeightFormatError as error:

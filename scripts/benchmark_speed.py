@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Step time of distillation vs the student alone, fp32 and AMP bf16 + channels_last (docs/performance.md).
+"""Step time of distillation vs the student alone, fp32 and AMP (fp16 by default) + channels_last
+(docs/performance.md).
 
     python scripts/benchmark_speed.py -opt options/stage2_light_edsr32_x4.yml --device cpu --batch-size 4 \
         --lr-patch 32 --json results/benchmark_cpu.json
     python scripts/benchmark_speed.py -opt options/stage2_rcan_light_x4.yml --device cuda     # paper sizes
 
 Modes: student alone; teachers on the fly with autograd (the reference code); on the fly under no_grad; with the
-teacher-output cache. Prints one table of ratios to the student alone, plus the aggregator DCT (matrix vs FFT).
+teacher-output cache. Prints one table of ratios to the student alone (for a stage-1 file, whose trained network
+reads teacher outputs, to the cached step), plus the aggregator DCT (matrix vs FFT). On CUDA, cudnn.benchmark is on
+as in training, and each precision's models are freed before the next one's are built.
 """
 import argparse
 import json
@@ -19,7 +22,8 @@ sys.path.insert(0, REPO_ROOT)
 import torch  # noqa: E402
 
 import mtkd  # noqa: E402,F401  (compat patches, registration)
-from mtkd.benchmark import MODES, PRECISIONS, benchmark_dct, benchmark_steps, markdown_table, rows_as_dicts  # noqa: E402
+from mtkd.benchmark import (DEFAULT_PRECISIONS, MODES, PRECISIONS, benchmark_dct, benchmark_steps,  # noqa: E402
+                            markdown_table, rows_as_dicts)
 from mtkd.config.cli import apply_overrides, load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
 
@@ -32,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument('--lr-patch', type=int, default=64, help='LR patch side (the paper: 64)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--steps', type=int, default=10)
-    parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=list(PRECISIONS))
+    parser.add_argument('--precisions', nargs='+', default=list(DEFAULT_PRECISIONS), choices=list(PRECISIONS))
     parser.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
     parser.add_argument('--force_yml', nargs='+', default=None, help='key:subkey=value overrides of the option file')
     parser.add_argument('--json', default=None, help='also write the results to this JSON file')
@@ -52,6 +56,8 @@ def main(argv=None) -> int:
     print(f'{args.opt} on {device_name}, batch {args.batch_size}, LR patch {args.lr_patch}, median of {args.steps} '
           f'steps after {args.warmup} warm-up')
     print(markdown_table(rows))
+    if rows and not any(row.mode == 'student_alone' for row in rows):
+        print('(stage 1: the aggregator reads teacher outputs, so ratios are to the cached step)')
     print(f"\nAggregator DCT on {dct['blocks']} blocks of {dct['size']}x{dct['size']}: matrix {dct['matrix_ms']:.2f} ms, "
           f"FFT {dct['fft_ms']:.2f} ms ({dct['fft_over_matrix']:.1f}x)")
     if args.json:

@@ -22,11 +22,9 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
-from mtkd.config.errors import OptionError  # noqa: E402
-from mtkd.evaluation import ImageReadError  # noqa: E402
+from mtkd.errors import MtkdError, report_user_error  # noqa: E402
 from mtkd.inference import (DEFAULT_TILE_OVERLAP, add_model_arguments, model_spec_from_arguments,  # noqa: E402
                             run_inference)
-from mtkd.weights import WeightLoadError  # noqa: E402
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -54,8 +52,10 @@ def main(argv=None) -> int:
                                 tile_size=args.tile_size, tile_overlap=args.tile_overlap,
                                 progress=not args.no_progress, logger=logging.getLogger('mtkd'),
                                 self_ensemble=args.self_ensemble)
-    except (ImageReadError, WeightLoadError, OptionError, FileNotFoundError, ValueError) as error:
-        print(f'error: {error}', file=sys.stderr)
+    except MtkdError as error:  # options, weights, unreadable images: the message alone
+        return report_user_error(error, 'infer')
+    except (FileNotFoundError, ValueError) as error:
+        print(f'infer: {error}', file=sys.stderr)
         return 2
     print(f'{len(written)} image(s) written to {args.output} ({spec.name}, x{spec.scale})')
     return 0

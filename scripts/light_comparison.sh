@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The small-setting comparison of issue 4 (docs/mtkd_stage2.md, "Small setting: results"): the EDSR-32x6 student
-# alone, with KD, AT, FAKD, DUKD (teacher RLFN), MTKD and the MTKD loss ablations v5/v6/v7, all from the same
-# initialisation (seed 0), on the same data and iterations, then one table on Set5, Set14 and BSD100.
+# alone, with KD, AT, FAKD, DUKD, CrossKD (teacher RLFN), MTKD and the MTKD loss ablations v5/v6/v7, all from the
+# same initialisation (seed 0), on the same data and iterations, then one table on Set5, Set14 and BSD100.
 #
 #   bash scripts/light_comparison.sh evaluate     # re-evaluate the committed students (pretrained/mtkd/), ~2 min
 #   bash scripts/light_comparison.sh train        # train all nine (ITERS=1200: ~2 h on 2 CPU cores, JOBS=2 at once),
@@ -11,6 +11,9 @@
 #   SEED=1 METHODS="alone at mtkd" bash scripts/light_comparison.sh score   # evaluate runs trained earlier
 #   SEEDS="1 2" METHODS="alone at mtkd" bash scripts/light_comparison.sh spread   # mean±sd over seed 0 (the
 #                                                 # committed students) and the trained SEEDS, one row per method
+#   RECIPE=r2 METHODS="kd at fakd dukd crosskd" bash scripts/light_comparison.sh train   # the issue-19 recipes
+#                                                 # (docs/baselines.md): runs named ..._cpu1200_r2, rows "[r2]", so
+#                                                 # the committed students of the previous recipes stay apart
 # The whole script is read before it runs (main), so editing it while a long training runs is safe.
 # Needs `make link-shared` (data, official teacher weights) and `make prepare-train291` for training.
 set -euo pipefail
@@ -19,14 +22,16 @@ PY=${PY:-.venv/bin/python}
 ITERS=${ITERS:-1200}
 JOBS=${JOBS:-2}
 SEED=${SEED:-0}
+RECIPE=${RECIPE:-}
 RUN=cpu$ITERS
 [ "$SEED" = 0 ] || RUN=cpu${ITERS}_seed$SEED
+[ -z "$RECIPE" ] || RUN=${RUN}_$RECIPE
 # method -> training option file suffix ("" is MTKD itself)
-methods=(alone kd at fakd dukd mtkd v5_l1 v6_dct v7_highfreq)
-labels=("student alone" "KD (RLFN)" "AT (RLFN)" "FAKD (RLFN)" "DUKD (RLFN)" "MTKD (wavelet, I_MT)"
-        "MTKD v5 (L1, I_MT)" "MTKD v6 (DCT, I_MT)" "MTKD v7 (high-freq. wavelet, I_MT)")
+methods=(alone kd at fakd dukd crosskd mtkd v5_l1 v6_dct v7_highfreq)
+labels=("student alone" "KD (RLFN)" "AT (RLFN)" "FAKD (RLFN)" "DUKD (RLFN)" "CrossKD (RLFN, 1x1 adapter)"
+        "MTKD (wavelet, I_MT)" "MTKD v5 (L1, I_MT)" "MTKD v6 (DCT, I_MT)" "MTKD v7 (high-freq. wavelet, I_MT)")
 # training order: the slowest first, so the two job slots finish together
-METHODS=${METHODS:-dukd fakd at mtkd kd alone v5_l1 v6_dct v7_highfreq}
+METHODS=${METHODS:-dukd fakd crosskd at mtkd kd alone v5_l1 v6_dct v7_highfreq}
 
 suffix_of() {  # the option-file suffix of a method ("" for MTKD itself)
   if [ "$1" = mtkd ]; then echo ""; else echo "_$1"; fi
@@ -65,8 +70,10 @@ score() {  # $1: committed (the students under pretrained/mtkd/) or trained (exp
       > "/tmp/mtkd_test_light_$method.log" 2>&1 || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
     label=${labels[$i]}
     [ "$which" = committed ] || [ "$SEED" = 0 ] || label="$label, seed $SEED"
+    [ "$which" = committed ] || [ -z "$RECIPE" ] || label="$label [$RECIPE]"
     results+=("$out=$label")
   done
+  [ "${#results[@]}" -gt 0 ] || { echo "nothing to score for METHODS=\"$METHODS\""; return 0; }
   "$PY" scripts/make_table.py "${results[@]}" --digits 3
 }
 
@@ -75,15 +82,21 @@ spread() {  # mean±sd per method over seed 0 (the committed student) and the tr
   for i in "${!methods[@]}"; do
     method=${methods[$i]}
     [[ " $METHODS " == *" $method "* ]] || continue
-    if [ ! -f "results/test_light_edsr32_x4_$method/metrics.json" ]; then
-      "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" > "/tmp/mtkd_test_light_$method.log" 2>&1 \
-        || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
+    if [ -n "$RECIPE" ]; then  # seed 0 of a recipe: its trained run (score mode wrote it), not the committed student
+      out=results/test_light_edsr32_x4_${method}_cpu${ITERS}_$RECIPE
+      [ -f "$out/metrics.json" ] || { echo "$out/metrics.json missing: run RECIPE=$RECIPE METHODS=$method $0 train" >&2; exit 1; }
+      results+=("$out=${labels[$i]} [$RECIPE]")
+    else
+      if [ ! -f "results/test_light_edsr32_x4_$method/metrics.json" ]; then
+        "$PY" mtkd/test.py -opt "options/test_light_edsr32_x4_$method.yml" > "/tmp/mtkd_test_light_$method.log" 2>&1 \
+          || { echo "testing $method failed: see /tmp/mtkd_test_light_$method.log"; exit 1; }
+      fi
+      results+=("results/test_light_edsr32_x4_$method=${labels[$i]}")
     fi
-    results+=("results/test_light_edsr32_x4_$method=${labels[$i]}")
     for seed in ${SEEDS:?set SEEDS, e.g. SEEDS=\"1 2\"}; do
-      out=results/test_light_edsr32_x4_${method}_cpu${ITERS}_seed$seed
+      out=results/test_light_edsr32_x4_${method}_cpu${ITERS}_seed$seed${RECIPE:+_$RECIPE}
       [ -f "$out/metrics.json" ] || { echo "$out/metrics.json missing: run SEED=$seed METHODS=$method $0 train" >&2; exit 1; }
-      results+=("$out=${labels[$i]}")
+      results+=("$out=${labels[$i]}${RECIPE:+ [$RECIPE]}")
     done
   done
   "$PY" scripts/make_table.py "${results[@]}" --digits 3 --merge-runs
@@ -95,7 +108,7 @@ main() {
     [[ " ${methods[*]} " == *" $method "* ]] || { echo "unknown method '$method' in METHODS; known: ${methods[*]}" >&2; exit 2; }
   done
   export -f train_one suffix_of
-  export PY ITERS SEED RUN
+  export PY ITERS SEED RUN RECIPE
   case "${1:-evaluate}" in
     train) printf '%s\n' $METHODS | xargs -P "$JOBS" -I{} bash -c 'train_one {}'; score trained ;;
     score) score trained ;;

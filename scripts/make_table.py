@@ -12,10 +12,18 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
+from mtkd.errors import MtkdError, report_user_error  # noqa: E402
 from mtkd.tables import markdown_table, merge_runs, read_metrics_file  # noqa: E402
 
 
 def main(argv=None) -> int:
+    try:
+        return make_table(argv)
+    except MtkdError as error:  # a missing or broken results folder: the message alone
+        return report_user_error(error, 'make_table')
+
+
+def make_table(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('results', nargs='+', help='results/<name> folders or metrics.json files, optionally =Label')
     parser.add_argument('--digits', type=int, default=2, help='PSNR decimals')

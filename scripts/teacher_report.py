@@ -9,6 +9,8 @@ NIQE and false-texture energy of each teacher on benchmark sets, as a Markdown t
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds --fit-on-train
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml options/test_lbnet_t_x4.yml --sets Set5
     python scripts/teacher_report.py --opt options/stage1_ka_light_x4.yml --no-niqe --fusion-bounds --self-ensemble
+    python scripts/teacher_report.py --opt options/test_dtkd_edgesrn_x4.yml options/test_dtkd_edgesrn_novgg_x4.yml \
+        --lpips
 
 ``--opt``: one or more option files, each with a ``teachers:`` list (name, network, weights) or a test option file
 (``network_g`` + ``path.pretrain_network_g``, named after its ``name``); their teachers are reported together
@@ -38,6 +40,7 @@ from mtkd.teacher_cache import (TeacherCacheError, build_cache_from_options, ima
                                 training_pairs_from_options)
 from mtkd.teacher_report import (FLAT_THRESHOLD, SELF_ENSEMBLE_SUFFIX, networks_from_option_file,  # noqa: E402
                                  report_markdown, report_teachers)
+from mtkd.metrics.lpips_metric import LPIPS  # noqa: E402
 from mtkd.teachers import TeacherWeightsError  # noqa: E402
 from mtkd.weights import WeightLoadError  # noqa: E402
 
@@ -68,6 +71,15 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument('--self-ensemble', action='store_true',
                         help='report every teacher as its x8 self-ensemble, named <name>+ (8x the time; with '
                              '--fit-on-train the training cache of the + teachers is built too)')
+    parser.add_argument('--lpips', action='store_true',
+                        help='also LPIPS to the ground truth (lower = perceptually closer; weights from local files, '
+                             'mtkd/metrics/lpips_metric.py)')
+    parser.add_argument('--lpips-net', choices=['alex', 'vgg'], default='alex', help='LPIPS backbone (default alex)')
+    parser.add_argument('--lpips-backbone-weights', default=None,
+                        help='torchvision backbone file (default pretrained/lpips/alexnet-owt-7be5be79.pth or '
+                             'vgg16-397923af.pth)')
+    parser.add_argument('--lpips-linear-weights', default=None,
+                        help='LPIPS v0.1 linear layers (default pretrained/lpips/alex.pth or vgg.pth)')
     parser.add_argument('--tile-size', type=int, default=None, help='run teachers on LR tiles of this size')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar per set on stderr')
@@ -143,10 +155,12 @@ def main(argv=None) -> int:
         transfer = (train_fitted_weights(args.opt[0], scale, list(networks), args.device, logger, args.self_ensemble)
                     if args.fit_on_train else None)
         bounds = FusionBounds(args.patch_sizes, transfer_weights=transfer) if args.fusion_bounds else None
+        lpips = (LPIPS(args.lpips_net, args.lpips_backbone_weights, args.lpips_linear_weights).to(args.device)
+                 if args.lpips else None)
         rows = report_teachers(networks, [resolve_set(name) for name in args.sets], scale, niqe=not args.no_niqe,
                                tile_size=args.tile_size, flat_threshold=args.flat_threshold, logger=logger,
                                observers=[observer for observer in (correlation, bounds) if observer is not None],
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, lpips=lpips)
     except (TeacherWeightsError, WeightLoadError, OptionError, TeacherCacheError, FileNotFoundError,
             ValueError) as error:
         print(f'error: {error}', file=sys.stderr)

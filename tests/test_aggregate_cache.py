@@ -82,7 +82,8 @@ def test_aggregate_cache_holds_i_mt_and_the_step_skips_the_teacher_side(tmp_path
     assert 'teacher_outputs' not in item and item['cached_target'].shape == item['gt'].shape
     with torch.no_grad():
         expected = ka.eval()(torch.cat(ensemble.forward(item['lq'][None]), dim=1))[0]
-    torch.testing.assert_close(item['cached_target'], expected, atol=2e-3, rtol=0)  # stored as float16
+    assert item['cached_target'].dtype == torch.float16  # as stored: the model widens it on the device
+    torch.testing.assert_close(item['cached_target'].float(), expected, atol=2e-3, rtol=0)
     assert (expected - ensemble.average(ensemble.forward(item['lq'][None]))[0]).abs().max() > 1e-2  # not the mean
 
     model = DistillModel(plain)
@@ -94,7 +95,7 @@ def test_aggregate_cache_holds_i_mt_and_the_step_skips_the_teacher_side(tmp_path
     batch = {key: value[None] for key, value in train_item.items() if torch.is_tensor(value)}
     model.feed_data(batch)
     model.optimize_parameters(1)
-    assert calls == [] and torch.equal(model.target, batch['cached_target'])
+    assert calls == [] and torch.equal(model.target, batch['cached_target'].float())
     assert model.net_g.conv_first.weight.grad.abs().sum() > 0
 
 
@@ -103,3 +104,64 @@ def test_aggregate_cache_is_refused_for_methods_that_run_the_teachers(tmp_path, 
     options['distill'] = {'target': 'teacher', 'teacher': 'a', 'output_opt': {'type': 'L1Loss', 'loss_weight': 1.0}}
     with pytest.raises(OptionError, match="datasets.train.teacher_cache_content: an aggregate cache holds I_MT only"):
         validate_options(options, is_train=True)
+
+
+def test_a_new_stage1_checkpoint_selects_a_new_i_mt_cache(tmp_path, stage2):
+    """The I_MT cache is keyed by the stage-1 checkpoint's content (sha256), not its path: retraining stage 1 into
+    the same file gives a new cache whose I_MT is the new aggregator's. Catches: the aggregate fingerprint
+    ignoring the checkpoint hash, which would silently reuse the old I_MT."""
+    import hashlib
+
+    from mtkd.aggregated_teachers import AggregatedTeachers, aggregate_fingerprint_from_options
+
+    options, ensemble, ka = stage2
+    plain = _runtime(options, tmp_path)
+    validation = dict(plain['datasets']['train'], phase='val')
+    first = build_dataset(validation)[0]['cached_target']
+    with open(tmp_path / 'ka.pth', 'rb') as handle:
+        first_sha = hashlib.sha256(handle.read()).hexdigest()
+    fingerprint = aggregate_fingerprint_from_options(options['teachers'], options['aggregator'])
+    assert fingerprint[0]['weights_sha256'] == first_sha
+    assert AggregatedTeachers(ensemble, options['aggregator']).fingerprint() == fingerprint
+
+    with torch.no_grad():  # "retrain" stage 1: other weights, same file
+        for parameter in ka.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    torch.save({'params': ka.state_dict(), 'teachers': ensemble.fingerprint()}, tmp_path / 'ka.pth')
+    second_fingerprint = aggregate_fingerprint_from_options(options['teachers'], options['aggregator'])
+    assert second_fingerprint[0]['weights_sha256'] != first_sha
+    plain = _runtime(options, tmp_path)
+    item = build_dataset(dict(plain['datasets']['train'], phase='val'))[0]
+    assert len(glob.glob(str(tmp_path / 'cache' / '*' / 'manifest.json'))) == 2
+    with torch.no_grad():
+        expected = ka.eval()(torch.cat(ensemble.forward(item['lq'][None]), dim=1))[0]
+    torch.testing.assert_close(item['cached_target'].float(), expected, atol=2e-3, rtol=0)
+    assert (item['cached_target'] - first).abs().max() > 1e-2
+
+
+class CacheProbeDCTSwin(build_network(dict(KA)).__class__):
+    """DCTSwin under its own registered name, so that a test can change its forward and only its."""
+
+
+from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+
+if 'CacheProbeDCTSwin' not in ARCH_REGISTRY:
+    ARCH_REGISTRY.register()(CacheProbeDCTSwin)
+
+
+def test_a_changed_aggregator_forward_makes_the_i_mt_cache_stale(tmp_path, stage2, monkeypatch):
+    """Same checkpoint, same arguments, other DCTSwin code: the I_MT cache's behavioural fingerprint (teachers and
+    aggregator run on a fixed probe image) no longer matches, and opening the cache says so."""
+    from mtkd.teacher_cache import StaleTeacherCacheError
+
+    options, _, _ = stage2
+    options['aggregator']['network'] = dict(KA, type='CacheProbeDCTSwin')
+    plain = _runtime(options, tmp_path)
+    validation = dict(plain['datasets']['train'], phase='val')
+    build_dataset(validation)
+    original = CacheProbeDCTSwin.forward
+    monkeypatch.setattr(CacheProbeDCTSwin, 'forward', lambda self, x: original(self, x).clamp(0.2, 0.8))
+    with pytest.raises(StaleTeacherCacheError, match=r"'aggregate': probe output changed by up to"):
+        build_dataset(validation)
+    dataset = build_dataset(dict(validation, accept_stale_teacher_cache=True))
+    assert dataset[0]['cached_target'].shape[0] == 3

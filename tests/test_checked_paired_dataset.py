@@ -66,3 +66,48 @@ def test_small_training_images_are_left_out_only_when_asked(folders):
     assert dataset.stems == ['astronaut']
     sample = dataset[0]
     assert sample['gt'].shape == (3, 48, 48) and sample['lq'].shape == (3, 24, 24)
+
+
+MEAN, STD = [0.4488, 0.4371, 0.404], [0.25, 0.5, 0.125]
+
+
+def test_mean_std_normalise_lq_and_gt_as_basicsr_does(folders):
+    """``(x - mean) / std`` per RGB channel on LQ and GT, BasicSR's ``PairedImageDataset`` convention."""
+    ours = CheckedPairedImageDataset(options(folders, mean=MEAN, std=STD))
+    plain = CheckedPairedImageDataset(options(folders))
+    theirs = PairedImageDataset(options(folders, mean=MEAN, std=STD))
+    for index in range(2):
+        for key in ('lq', 'gt'):
+            expected = (plain[index][key] - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+            torch.testing.assert_close(ours[index][key], expected)
+            assert torch.equal(ours[index][key], theirs[index][key])
+
+
+@pytest.mark.parametrize('extra, message', [
+    ({'mean': MEAN}, 'mean and std go together'),
+    ({'mean': MEAN, 'std': [0.5, 0.5]}, 'one value per RGB channel, got 3 and 2'),
+    ({'mean': MEAN, 'std': [0.5, 0.0, 0.5]}, 'std values must be positive'),
+])
+def test_inconsistent_mean_std_are_refused_at_validation_and_at_construction(folders, extra, message):
+    from mtkd.config.validate import dataset_problems
+
+    block = options(folders, **extra)
+    block.pop('phase'), block.pop('scale')
+    _, problems = dataset_problems({'val': block}, 2, False)
+    assert len(problems) == 1 and message in problems[0].message
+    with pytest.raises(ValueError, match=message):
+        CheckedPairedImageDataset(options(folders, **extra))
+
+
+def test_a_dataset_with_cached_teacher_outputs_refuses_mean_std(folders):
+    """Teacher outputs and I_MT are in [0, 1] (the aggregator's and the losses' range): normalising LQ/GT only, or
+    iterating a (3, H, W) I_MT into planes as the old code did, would be wrong. Refused before anything is built."""
+    from mtkd.config.validate import dataset_problems
+    from mtkd.data.teacher_paired_dataset import TeacherPairedImageDataset
+
+    block = dict(options(folders, mean=MEAN, std=STD), type='TeacherPairedImageDataset', teacher_cache_dir='x')
+    block.pop('phase'), block.pop('scale')
+    _, problems = dataset_problems({'train': block}, 2, True)
+    assert len(problems) == 1 and 'TeacherPairedImageDataset cannot normalise with mean/std' in problems[0].message
+    with pytest.raises(ValueError, match='cannot normalise with mean/std: its teacher outputs'):
+        TeacherPairedImageDataset(dict(options(folders, mean=MEAN, std=STD), teacher_cache_dir='x'))

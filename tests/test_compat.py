@@ -55,19 +55,34 @@ def test_other_pickled_objects_are_still_refused():
         torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only path')
-def test_resume_state_loads_on_a_cpu_only_machine(tmp_path):
+def test_resume_state_loads_on_the_cpu_even_with_cuda(tmp_path, monkeypatch):
+    """BasicSR maps training states onto the current CUDA device and then hands CUDA tensors to the CPU generator
+    setters (``RNG state must be a torch.ByteTensor``); the patched loader always reads onto the CPU."""
     import basicsr.train as basicsr_train
 
-    states = tmp_path / 'experiments' / 'run' / 'training_states'
+    from mtkd.resume import restore_rng_states, rng_states
+
+    experiment = tmp_path / 'experiments' / 'run'
+    states, models = experiment / 'training_states', experiment / 'models'
     states.mkdir(parents=True)
-    torch.save({'iter': 7, 'epoch': 1, 'optimizers': [], 'schedulers': [{'milestones': collections.Counter([3])}]},
-               states / '7.state')
-    torch.save({'iter': 3, 'epoch': 0, 'optimizers': [], 'schedulers': []}, states / '3.state')
-    options = {'auto_resume': True, 'name': 'run', 'root_path': str(tmp_path), 'path': {}, 'is_train': True}
+    models.mkdir()
+    torch.save({'iter': 7, 'epoch': 1, 'optimizers': [], 'schedulers': [{'milestones': collections.Counter([3])}],
+                'rng': rng_states()}, states / '7.state')
+    torch.save({'params': {}}, models / 'net_g_7.pth')
+    seen = []
+    original_load = torch.load
+    monkeypatch.setattr(torch, 'load', lambda *a, **k: seen.append(k.get('map_location')) or original_load(*a, **k))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    options = {'auto_resume': True, 'name': 'run', 'network_g': {},
+               'path': {'training_states': str(states), 'models': str(models), 'experiments_root': str(experiment)}}
     state = basicsr_train.load_resume_state(options)
+    assert seen == ['cpu']
     assert state['iter'] == 7 and options['path']['resume_state'].endswith('7.state')
-    # BasicSR's own version maps onto torch.cuda.current_device() and cannot run here.
-    with pytest.raises((RuntimeError, AssertionError)):
-        basicsr_train.load_resume_state.__wrapped__({**options, 'path': {'resume_state': str(states / '7.state')},
-                                                     'auto_resume': False})
+    assert options['path']['pretrain_network_g'] == str(models / 'net_g_7.pth')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    restore_rng_states(state['rng'])  # CPU byte tensors: accepted
+    # What BasicSR's own loader would hand over on a GPU machine (here: the meta device) is refused by name.
+    meta_state = original_load(states / '7.state', map_location='meta', weights_only=True)
+    with pytest.raises(Exception, match='meta'):
+        restore_rng_states(meta_state['rng'])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def test_target_is_the_aggregate_of_the_teachers_with_ema_weights(tmp_path, teac
     expected_network.load_state_dict(params_ema)
     with torch.no_grad():
         expected = expected_network.eval()(torch.cat(model.teachers.forward(lq), dim=1))
-    target = model.distillation_target(lq)
+    target = model.distillation_target(lq, like_cache=False)  # unrounded (training rounds like the cache)
     assert torch.equal(target, expected) and not target.requires_grad
 
 
@@ -97,7 +98,7 @@ def test_kd_target_is_the_named_teacher(tmp_path, teacher_side):
                           aggregator=False), tmp_path)
     lq = torch.rand(1, 3, 8, 8)
     assert model.aggregator is None
-    assert torch.equal(model.distillation_target(lq), model.teachers.forward(lq)[1])
+    assert torch.equal(model.distillation_target(lq, like_cache=False), model.teachers.forward(lq)[1])
 
 
 def test_aggregator_trained_on_other_teachers_is_refused(tmp_path, teacher_side):
@@ -173,7 +174,7 @@ def test_feature_kd_refuses_a_self_ensembled_teacher(tmp_path, teacher_side):
     plain = TeacherEnsemble(teacher_specs_from_options(teachers), SCALE)
     with torch.no_grad():
         expected = self_ensemble(plain.network('b'), lq)
-    assert torch.allclose(model.distillation_target(lq), expected, atol=1e-6)
+    assert torch.allclose(model.distillation_target(lq, like_cache=False), expected, atol=1e-6)
 
 
 STAGE2_FILES = sorted(__import__('glob').glob(__import__('os').path.join(
@@ -183,8 +184,10 @@ STAGE2_FILES = sorted(__import__('glob').glob(__import__('os').path.join(
 @pytest.mark.parametrize('path', STAGE2_FILES, ids=[p.rsplit('/', 1)[-1] for p in STAGE2_FILES])
 def test_stage2_option_file_builds_and_trains_two_iterations(path, tmp_path):
     """Each shipped stage-2 file (student, teachers and aggregator as written; random weights where files are
-    missing) validates, builds and runs two optimisation steps on a tiny crop."""
+    missing) validates, builds and runs two optimisation steps on a tiny fixed batch: every configured loss term
+    is logged with its weight (recomputed here), and the step lowers the loss on that batch."""
     import yaml
+    from basicsr.losses import build_loss
 
     with open(path, encoding='utf-8') as handle:
         raw = yaml.safe_load(handle)
@@ -201,13 +204,40 @@ def test_stage2_option_file_builds_and_trains_two_iterations(path, tmp_path):
                  allow_random_teachers=True)
     from basicsr.utils.registry import MODEL_REGISTRY
 
+    # One Adam step moves every parameter by about lr in the gradient's sign: at the files' rates a first step can
+    # overshoot a large term (FAKD's at weight 10 on a random teacher). A small rate keeps it a descent step.
+    plain['train']['optim_g']['lr'] = 1e-5
+    torch.manual_seed(0)  # the student's initialisation: the same whatever ran before in this process
     model = MODEL_REGISTRY.get(raw['model_type'])(plain)  # DistillModel, or PlainSRModel for the student alone
-    gt = torch.rand(1, 3, lr_size * scale, lr_size * scale)
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.rand(1, 3, lr_size * scale, lr_size * scale, generator=generator)
+    lq = torch.nn.functional.avg_pool2d(gt, scale) + 0.05 * torch.rand(1, 3, lr_size, lr_size, generator=generator)
+    fixed_batch_terms = []  # the terms that depend on the batch only (DUKD's draw random tiles and augmentations)
+    distill = raw.get('distill') or {}
     for step in (1, 2):
-        model.feed_data({'lq': torch.rand(1, 3, lr_size, lr_size), 'gt': gt})
+        model.feed_data({'lq': lq, 'gt': gt})
         model.optimize_parameters(step)
-        assert all(torch.isfinite(torch.tensor(value)) for value in model.log_dict.values())
+        logged = model.log_dict
+        assert all(math.isfinite(value) for value in logged.values()), logged
+        fixed_batch_terms.append(sum(logged.get(name, 0.0) for name in ('l_pix', 'l_distill', 'l_feature')))
+        if step > 1:
+            continue
+        expected = {}
+        with torch.no_grad():
+            pixel = dict(plain['train']['pixel_opt'])
+            expected['l_pix'] = pixel['loss_weight'] * build_loss(dict(pixel, loss_weight=1.0))(model.output, gt)
+            if distill.get('output_opt'):
+                output_opt = dict(plain['distill']['output_opt'])
+                base = build_loss(dict(output_opt, loss_weight=1.0))
+                expected['l_distill'] = output_opt['loss_weight'] * base(model.output, model.target)
+        for name, value in expected.items():
+            assert logged[name] == pytest.approx(float(value), rel=1e-5, abs=1e-8), name
+        if distill.get('feature_opt'):
+            assert logged['l_feature'] > 0
+        if distill.get('dukd'):
+            assert 'l_zoom_in' in logged
     assert model.output.shape == gt.shape
+    assert fixed_batch_terms[1] < fixed_batch_terms[0]
 
 
 @pytest.mark.parametrize('separate_step', [False, True])
@@ -269,3 +299,30 @@ def test_dukd_warns_when_its_two_pixel_weights_differ(tmp_path, teacher_side, mo
                'dukd': {'zoom_out_pixel_weight': zoom_out_pixel_weight}}
     build(options(tmp_path, teachers, distill, aggregator=False), tmp_path)  # pixel_opt.loss_weight is 0.1
     assert any('zoom_out_pixel_weight is 5.0' in message for message in warnings) == warned
+
+
+def test_total_loss_is_alpha_l1_to_gt_plus_the_distillation_term(tmp_path, teacher_side):
+    """MTKD Eq. 2 (Jiang et al., ECCV 2024): ``L_total = α·L1(S, GT) + L_dis(S, I_MT)``, each term with its own
+    weight, recomputed here from the student output and the target. Catches: ``compute_losses`` dropping the
+    ``α·L1(S, GT)`` term (the student would then learn from I_MT alone), or weights swapped between terms."""
+    from collections import OrderedDict
+
+    teachers, _ = teacher_side
+    raw = options(tmp_path, teachers, {'target': 'aggregate', 'output_opt': {'type': 'L1Loss', 'loss_weight': 0.7}})
+    raw['train']['pixel_opt']['loss_weight'] = 0.3
+    model = build(raw, tmp_path)
+    torch.manual_seed(0)
+    lq, gt = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
+    model.feed_data({'lq': lq, 'gt': gt})
+    loss_dict = OrderedDict()
+    total = model.compute_losses(loss_dict)
+    with torch.no_grad():
+        student = model.net_g(lq)
+        # The target the step used: I_MT (rounded to float16 like a cache would store it).
+        target = model.target
+        torch.testing.assert_close(target, model.aggregator(model.teachers.forward(lq)), atol=1e-3, rtol=0)
+    l1_gt, l1_target = (student - gt).abs().mean().item(), (student - target).abs().mean().item()
+    assert abs(l1_gt - l1_target) > 1e-3  # the two terms are distinguishable
+    assert total.item() == pytest.approx(0.3 * l1_gt + 0.7 * l1_target, rel=1e-6)
+    assert loss_dict['l_pix'].item() == pytest.approx(0.3 * l1_gt, rel=1e-6)
+    assert loss_dict['l_distill'].item() == pytest.approx(0.7 * l1_target, rel=1e-6)

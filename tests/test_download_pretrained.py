@@ -18,7 +18,7 @@ from mtkd.pretrained import DEFAULT_MANIFEST, ManifestError, fetch_pretrained, l
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, 'scripts'))
 import download_pretrained  # noqa: E402
-from conftest import official_weight  # noqa: E402
+from conftest import SHARED_WEIGHT_FILES, official_weight  # noqa: E402
 
 FILES = {'tiny_a.pth': b'fake checkpoint A ' * 1000, 'tiny_b.pth': b'fake checkpoint B ' * 77,
          'tiny_unhashed.pt': b'no hash recorded ' * 50}
@@ -268,12 +268,8 @@ def test_malformed_manifests_are_refused_by_entry_and_field(tmp_path):
 
 def test_real_manifest_is_valid_and_covers_the_shared_weights():
     entries = {e.name: e for e in load_manifest(DEFAULT_MANIFEST)}
-    shared = ['IMDN_x2.pth', 'IMDN_x3.pth', 'IMDN_x4.pth', 'RFDN_AIM.pth', 'rlfn_x4.pth', 'rlfn_x2.pth',
-              'rlfn_s_x4.pth', 'rlfn_s_x2.pth', 'rlfn_ntire_x4.pth', 'PANx2_DF2K.pth', 'PANx3_DF2K.pth',
-              'PANx4_DF2K.pth', 'LBNet-X2.pt', 'LBNet-X3.pt', 'LBNet-T_X2.pt', 'LBNet-T_X3.pt', 'LBNet-T_X4.pt',
-              'carn_m.pth', 'DTKD-RFDN.pth', 'DTKD-RFDN-perceptual.pth', 'DTKD-LBNet.pth',
-              'DTKD-LBNet-perceptual.pth', 'MTKDSR_RFDN_x4.pth']
-    assert [name for name in shared if entries.get(name) is None or entries[name].sha256 is None] == []
+    assert len(SHARED_WEIGHT_FILES) == 23  # ../shared/README.md's weights table
+    assert [name for name in SHARED_WEIGHT_FILES if entries.get(name) is None or entries[name].sha256 is None] == []
     for teacher in ('001_classicalSR_DF2K_s64w8_SwinIR-M_x4.pth', '002_lightweightSR_DIV2K_s64w8_SwinIR-S_x4.pth',
                     'edsr_x4-4f62e9ef.pt', 'edsr_baseline_x4-6b446fab.pt', 'RCAN_BIX4.pt'):
         assert entries[teacher].arch['upscale'] == entries[teacher].scale == 4

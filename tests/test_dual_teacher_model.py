@@ -3,6 +3,7 @@ term, option checks, and every shipped DTKD option file builds and trains two it
 from __future__ import annotations
 
 import glob
+import math
 import os
 
 import numpy as np
@@ -46,7 +47,8 @@ def dtkd_options(tiny_pairs, teachers, **dtkd):  # noqa: F811
              'distill_opt': {'type': 'RoutedL1Loss', 'loss_weight': 1.0},
              'reliability_opt': {'type': 'ReliabilityAttentionLoss', 'loss_weight': 1.0, 'mode': 'soft',
                                  'temperature': 0.05},
-             'discrepancy_opt': {'type': 'DiscrepancyAttentionLoss', 'loss_weight': 1.0}}
+             'discrepancy_opt': {'type': 'DiscrepancyAttentionLoss', 'loss_weight': 1.0, 'reliability_mode': 'soft',
+                                 'reliability_temperature': 0.05}}
     block.update(dtkd)
     return {'name': 'dtkd_unit', 'model_type': 'DualTeacherModel', 'scale': SCALE, 'manual_seed': 0,
             'teachers': teachers, 'dtkd': block, 'network_g': STUDENT,
@@ -120,15 +122,82 @@ def test_validation_scores_both_teachers_once(tmp_path, tiny_pairs, teachers):  
     ({'fidelity_teacher': 'imdn'}, "dtkd.fidelity_teacher: no teacher named 'imdn'"),
     ({'perceptual_teacher': 'fid'}, 'dtkd.perceptual_teacher: the fidelity and the perceptual teacher must be'),
     ({'distill_opt': None, 'reliability_opt': None, 'discrepancy_opt': None}, 'dtkd: no distillation term'),
+    ({'discrepancy_opt': {'type': 'DiscrepancyAttentionLoss', 'among': 'all'}, 'routing': {'window_size': 8,
+      'window_threshold': 4.0}}, None),  # valid: among: all needs no matching gate, 4 bits fit an 8x8 window
     ({'routing': {'window_size': 5}}, 'dtkd.routing.window_size: the GT patch (16) must be a multiple'),
+    ({'routing': {'window_size': 8}}, 'dtkd.routing.window_threshold: required with window_size 8: the patch '
+     'threshold (7.0 bits, calibrated on whole patches) does not transfer to 8x8 windows, which hold at most 6 bits; '
+     'the median 8x8 window of the 291-image set has 4.75 bits'),
+    ({'routing': {'window_size': 8, 'window_threshold': 6.0}}, 'dtkd.routing.window_threshold: 6.0 bits cannot be '
+     'exceeded by a 8x8 window'),
+    ({'routing': {'window_threshold': 5.0}}, 'dtkd.routing.window_threshold: set only with window_size'),
+    ({'discrepancy_opt': {'type': 'DiscrepancyAttentionLoss'}}, "dtkd.discrepancy_opt.reliability_mode: 'hard' "
+     "differs from reliability_opt.mode ('soft')"),
+    ({'discrepancy_opt': {'type': 'DiscrepancyAttentionLoss', 'reliability_mode': 'soft', 'per_pixel': False,
+                          'reliability_temperature': 0.05}}, 'dtkd.discrepancy_opt.per_pixel: False differs'),
+    ({'teacher_terms': [{'target': 'imdn', 'loss': {'type': 'L1Loss'}}]},
+     "dtkd.teacher_terms.0.target: no teacher named 'imdn'; the teachers are fid, edge (or gt)"),
+    ({'teacher_terms': [{'target': 'fid', 'loss': {'type': 'L1Loss'}}, {'target': 'fid', 'loss': {'type': 'L1Loss'}}]},
+     "dtkd.teacher_terms.1.name: two terms log as 'L1Loss_fid'"),
+    ({'teacher_terms': [{'target': 'fid', 'loss': {'type': 'EdgeLoss', 'operatr': 'laplacian'}}]},
+     "dtkd.teacher_terms.0.loss.operatr: loss 'EdgeLoss' does not take 'operatr'; did you mean 'operator'?"),
     ({'routing': {'mode': 'always'}}, 'dtkd.routing.mode'),
     ({'reliability_opt': {'type': 'ReliabilityAttentionLoss', 'mod': 'hard'}},
      "dtkd.reliability_opt.mod: loss 'ReliabilityAttentionLoss' does not take 'mod'; did you mean 'mode'?"),
 ])
 def test_dtkd_options_are_checked(tiny_pairs, teachers, change, expected):  # noqa: F811
+    if expected is None:
+        validate_options(dtkd_options(tiny_pairs, teachers, **change), is_train=True)
+        return
     with pytest.raises(OptionError) as caught:
         validate_options(dtkd_options(tiny_pairs, teachers, **change), is_train=True)
     assert any(str(problem).startswith(expected) for problem in caught.value.problems), caught.value.problems
+
+
+def test_teacher_terms_have_known_values_and_the_edge_term_reaches_the_student(tmp_path, tiny_pairs,  # noqa: F811
+                                                                               teachers):
+    """The MTKDSR recipe's terms: L1 to a teacher, Laplacian edges of a teacher (with a gradient, unlike the released
+    ``.cpu().data``), and a term against the GT; no routed term, so no routing is computed."""
+    from mtkd.transforms.edges import edge_map
+
+    terms = [{'target': 'fid', 'loss': {'type': 'L1Loss', 'loss_weight': 1.0}},
+             {'target': 'fid', 'loss': {'type': 'EdgeLoss', 'loss_weight': 0.1, 'operator': 'laplacian'}},
+             {'target': 'gt', 'loss': {'type': 'L1Loss', 'loss_weight': 0.5}, 'name': 'hr'}]
+    options = dtkd_options(tiny_pairs, teachers, distill_opt=None, reliability_opt=None, discrepancy_opt=None,
+                           teacher_terms=terms)
+    model = DualTeacherModel(runtime(options, tmp_path))
+    batch = _batch()
+    fidelity, perceptual = model.teachers.forward(batch['lq'])
+    output = model.net_g(batch['lq'])
+    losses = {}
+    total = model.distillation_terms(output, [fidelity, perceptual], batch['gt'], losses)
+    assert set(losses) == {'l_L1Loss_fid', 'l_EdgeLoss_fid', 'l_hr'}  # no perceptual_share: routing not computed
+    torch.testing.assert_close(losses['l_L1Loss_fid'], (output - fidelity).abs().mean())
+    laplacian = (edge_map(output, 'laplacian') - edge_map(fidelity, 'laplacian')).abs().mean()
+    torch.testing.assert_close(losses['l_EdgeLoss_fid'], 0.1 * laplacian)
+    torch.testing.assert_close(losses['l_hr'], 0.5 * (output - batch['gt']).abs().mean())
+    torch.testing.assert_close(total, sum(losses.values()))
+    model.net_g.zero_grad()
+    losses['l_EdgeLoss_fid'].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net_g.parameters())
+
+
+def test_window_routing_uses_the_window_threshold(tmp_path, tiny_pairs, teachers):  # noqa: F811
+    options = dtkd_options(tiny_pairs, teachers, routing={'mode': 'hard', 'threshold': 7.0, 'window_size': 8,
+                                                          'window_threshold': 2.5})
+    model = DualTeacherModel(runtime(options, tmp_path))
+    assert model.router.window_size == 8 and model.router.threshold == 2.5
+    share = model.router(_batch()['gt'])
+    assert share[0].max() == 0 and share[1].min() == 1  # flat image: 0 bits per window; noise: about 6 bits
+
+
+def test_adan_optimizer_is_built_for_dtkd(tmp_path, tiny_pairs, teachers):  # noqa: F811
+    from mtkd.adan import Adan
+
+    model = DualTeacherModel(runtime(dtkd_options(tiny_pairs, teachers), tmp_path))
+    optimizer = model.get_optimizer('Adan', model.net_g.parameters(), 1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.02)
+    assert isinstance(optimizer, Adan) and optimizer.defaults['weight_decay'] == 0.02
+    assert isinstance(model.get_optimizer('Adam', model.net_g.parameters(), 1e-3), torch.optim.Adam)
 
 
 DTKD_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', 'dtkd_*.yml')))
@@ -148,32 +217,47 @@ def test_dtkd_option_file_builds_and_trains_two_iterations(path, tmp_path, tiny_
     options['datasets'] = {'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': str(hr_dir),
                                      'dataroot_lq': str(lr_dir), 'gt_size': 64, 'batch_size_per_gpu': 1}}
     options.pop('val', None)
-    perceptual = options['train'].get('perceptual_opt')
-    if perceptual:
+    vgg_blocks = [options['train'].get('perceptual_opt')] + [term['loss'] for term in
+                                                              (options.get('dtkd') or {}).get('teacher_terms') or []]
+    vgg_blocks = [block for block in vgg_blocks if block and block['type'] == 'VGGPerceptualLoss']
+    if vgg_blocks:
         from mtkd.losses.vgg_perceptual_loss import build_vgg_features
 
         features = build_vgg_features('vgg19', 'conv1_2')
         torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, tmp_path / 'vgg.pth')
-        perceptual.update(vgg_weights=str(tmp_path / 'vgg.pth'), layer_weights={'conv1_2': 1.0})
+        for block in vgg_blocks:
+            block.update(vgg_weights=str(tmp_path / 'vgg.pth'), layer_weights={'conv1_2': 1.0})
+    perceptual = options['train'].get('perceptual_opt')
     plain = runtime(options, tmp_path)
     model = MODEL_REGISTRY.get(options['model_type'])(plain)
     gt = torch.rand(1, 3, 64, 64)
     for step in (1, 2):
         model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': gt})
         model.optimize_parameters(step)
-        assert all(np.isfinite(value) for value in model.log_dict.values())
+        assert all(math.isfinite(float(value)) for value in model.log_dict.values())
     assert model.output.shape == gt.shape
     if perceptual:
         assert 'l_percep' in model.log_dict and 'l_edge' in model.log_dict
+    for term in (options.get('dtkd') or {}).get('teacher_terms') or []:
+        assert f"l_{term['loss']['type']}_{term['target']}" in model.log_dict
 
 
-def test_vgg_file_missing_is_refused_at_validation():
-    options = _load(os.path.join(REPO_ROOT, 'options', 'dtkd_edgesrn_vgg_x4.yml'))
+@pytest.mark.parametrize('file_name, location', [
+    ('dtkd_edgesrn_x4.yml', 'train.perceptual_opt.vgg_weights'),
+    ('dtkd_mtkdsr_rfdn_x4.yml', 'dtkd.teacher_terms.1.loss.vgg_weights')])
+def test_vgg_file_missing_is_refused_at_validation(file_name, location):
+    """The DTKD EdgeSRN recipe and the MTKDSR recipe need VGG19 weights; without them the file is refused by name
+    (the no-VGG EdgeSRN is a separate, explicitly named file)."""
+    options = _load(os.path.join(REPO_ROOT, 'options', file_name))
     with pytest.raises(OptionError) as caught:
         validate_options(options, is_train=True, root=REPO_ROOT)
     messages = [str(problem) for problem in caught.value.problems]
-    assert any(message.startswith('train.perceptual_opt.vgg_weights: VGG weights pretrained/vgg/vgg19-dcbd5c4.pth '
-                                  'not found') for message in messages), messages
+    assert any(message.startswith(f'{location}: vgg_weights file pretrained/vgg/vgg19-dcbd5c4.pth not found')
+               for message in messages), messages
+    if file_name == 'dtkd_edgesrn_x4.yml':  # the no-VGG variant differs by the perceptual term only
+        no_vgg = _load(os.path.join(REPO_ROOT, 'options', 'dtkd_edgesrn_novgg_x4.yml'))
+        without = {key: value for key, value in options['train'].items() if key != 'perceptual_opt'}
+        assert no_vgg['train'] == without and no_vgg['network_g'] == options['network_g']
 
 
 TEST_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', 'test_dtkd_*.yml')))

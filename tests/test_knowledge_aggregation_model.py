@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 
 import cv2
@@ -156,7 +157,8 @@ STAGE1_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', 'stage1_*.yml
 @pytest.mark.parametrize('path', STAGE1_FILES, ids=[os.path.basename(p) for p in STAGE1_FILES])
 def test_stage1_option_file_builds_and_trains_two_iterations(path, tmp_path, tiny_pairs):
     """Each shipped stage-1 file (its teachers and aggregator as written, random weights where files are
-    missing) runs two optimisation steps on a tiny crop."""
+    missing) runs two optimisation steps on a tiny fixed batch: the logged L1 is its weight times L1(I_MT, GT)
+    (MTKD stage 1), and the step lowers it."""
     with open(path, encoding='utf-8') as handle:
         options = yaml.safe_load(handle)
     hr_dir, lr_dir = tiny_pairs
@@ -165,13 +167,24 @@ def test_stage1_option_file_builds_and_trains_two_iterations(path, tmp_path, tin
                                      'dataroot_lq': str(lr_dir), 'gt_size': 16 * scale, 'batch_size_per_gpu': 1}}
     options.pop('val', None)
     plain = runtime(options, tmp_path)
+    plain['train']['optim_g']['lr'] = 1e-5  # one Adam step of about lr per parameter: a descent step
+    torch.manual_seed(0)
     model = KnowledgeAggregationModel(plain)
-    gt = torch.rand(1, 3, 16 * scale, 16 * scale)  # LR 16x16: the smallest input every teacher accepts
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.rand(1, 3, 16 * scale, 16 * scale, generator=generator)  # LR 16x16: the smallest every teacher takes
+    lq = torch.nn.functional.avg_pool2d(gt, scale)
+    losses = []
     for step in (1, 2):
-        model.feed_data({'lq': torch.rand(1, 3, 16, 16), 'gt': gt})
+        model.feed_data({'lq': lq, 'gt': gt})
         model.optimize_parameters(step)
-        assert np.isfinite(model.log_dict['l_pix'])
+        assert set(model.log_dict) == {'l_pix'} and math.isfinite(float(model.log_dict['l_pix']))
+        losses.append(float(model.log_dict['l_pix']))
+        if step == 1:
+            weight = plain['train']['pixel_opt']['loss_weight']
+            expected = weight * (model.output.detach() - gt).abs().mean().item()
+            assert losses[0] == pytest.approx(expected, rel=1e-5)
     assert model.output.shape == gt.shape
+    assert losses[1] < losses[0]
 
 
 def test_stage1_run_builds_the_teacher_cache_and_trains_from_it(tmp_path, tiny_pairs):

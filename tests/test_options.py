@@ -87,7 +87,7 @@ def test_valid_file_gets_defaults_and_is_not_mutated(tmp_path):
     (lambda o: o['train'].update(accumulate=3), 'logger.save_checkpoint_freq: with train.accumulate 3, checkpoints must fall'),
     (lambda o: o.setdefault('logger', {}).update(keep_checkpoints=0), 'logger.keep_checkpoints: Input should be greater than or equal to 1'),
     (lambda o: o['train'].update(edge_opt={'type': 'EdgeLoss', 'operator': 'canny2'}) or o['train'].update(edge_opt={'type': 'EdgeLos'}), "train.edge_opt.type: unknown loss 'EdgeLos'; did you mean 'EdgeLoss'?"),
-    (lambda o: o['train'].update(perceptual_opt={'type': 'VGGPerceptualLoss', 'vgg_weights': 'pretrained/vgg/none.pth'}), 'train.perceptual_opt.vgg_weights: VGG weights pretrained/vgg/none.pth not found'),
+    (lambda o: o['train'].update(perceptual_opt={'type': 'VGGPerceptualLoss', 'vgg_weights': 'pretrained/vgg/none.pth'}), 'train.perceptual_opt.vgg_weights: vgg_weights file pretrained/vgg/none.pth not found'),
 ])
 def test_each_mistake_is_named_with_a_fix(tmp_path, mutate, expected):
     options = base_options(tmp_path)
@@ -176,12 +176,36 @@ OPTION_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, 'options', '**', '*.yml'
 
 @pytest.mark.parametrize('path', OPTION_FILES, ids=[os.path.relpath(p, REPO_ROOT) for p in OPTION_FILES])
 def test_every_option_file_validates_and_builds(path):
-    """Each shipped option file validates (files not required) and its networks build with random weights."""
+    """Each shipped option file validates (files not required) and its network builds with the parameter count
+    its arch's published structure gives (tests/param_formulas.py): a misread option (a block count, a head, an
+    upsampler) changes the count."""
     from basicsr.archs import build_network
+
+    from param_formulas import expected_parameters
 
     with open(path, encoding='utf-8') as handle:
         raw = yaml.safe_load(handle)
     is_train = not os.path.basename(path).startswith('test_')
     validated = validate_options(raw, is_train=is_train, check_files=False, root=REPO_ROOT, source=path)
-    network = build_network(validated.to_basicsr_dict()['network_g'])
-    assert sum(p.numel() for p in network.parameters()) > 0
+    network_options = validated.to_basicsr_dict()['network_g']
+    network = build_network(dict(network_options))
+    expected = expected_parameters(dict(network_options))
+    assert expected is not None, f'no parameter formula or released count for {network_options}'
+    assert sum(p.numel() for p in network.parameters()) == expected
+
+
+def test_parameter_formulas_give_the_papers_counts():
+    """The formulas of tests/param_formulas.py against the papers' tables (rounded as printed)."""
+    from param_formulas import dctswin, edgesrn, edsr, rcan, rfdn, swinir
+
+    assert edsr(64, 16, 4) == 1_517_571  # EDSR baseline, 1.5M (Lim et al., Table 1)
+    assert round(edsr(256, 32, 4) / 1e6, 1) == 43.1  # EDSR x4, 43M
+    assert round(rcan(64, 10, 20, 4) / 1e6, 1) == 15.6  # RCAN, ~16M (Zhang et al., Fig. 1: 15.6M)
+    assert round(swinir(180, [6] * 6, [6] * 6, 8, 2, 4, 'pixelshuffle') / 1e6, 1) == 11.9  # SwinIR x4, 11.9M
+    # SwinIR-light: the paper's 878K / 897K leave out the relative-position bias tables (24 x 225 x 6 = 32,400).
+    light_tables = 24 * 15 ** 2 * 6
+    assert round((swinir(60, [6] * 4, [6] * 4, 8, 2, 2, 'pixelshuffledirect') - light_tables) / 1e3) == 878
+    assert round((swinir(60, [6] * 4, [6] * 4, 8, 2, 4, 'pixelshuffledirect') - light_tables) / 1e3) == 897
+    assert dctswin(3, 24, 4, 2, 8, 6, 2., 4) == 117_360  # MTKD's KA network, docs/dctswin.md
+    assert edgesrn() == 7_345_475  # the DTKD authors' released EdgeSRN_x4.pth
+    assert rfdn(50, 4, 4) == 433_448 and rfdn(64, 4, 4) == 704_560  # RFDN_AIM.pth, the DTKD RFDN students

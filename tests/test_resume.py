@@ -99,6 +99,9 @@ def _assert_same_run(workspace, name, reference):
     expected_losses, expected_weights = reference
     got = losses(workspace, name)
     assert sorted(got) == list(range(1, 25))
+    with open(workspace / 'experiments' / name / 'losses.jsonl', encoding='utf-8') as handle:
+        logged = [json.loads(line)['iter'] for line in handle]
+    assert logged == list(range(1, 25))  # the resume dropped the lines of the iterations it replays
     assert got == expected_losses  # exactly, every iteration
     for key, value in final_weights(workspace, name).items():
         assert torch.equal(value, expected_weights[key]), key

@@ -92,10 +92,13 @@ def make_cache(folders, ensemble, **kwargs) -> TeacherOutputCache:
 
 
 def count_forward(ensemble, fail_at: int | None = None) -> list:
-    """Count ``ensemble.forward`` calls; raise at call ``fail_at`` (an interrupted build)."""
+    """Count ``ensemble.forward`` calls on images; raise at call ``fail_at`` (an interrupted build). The run on the
+    behavioural-fingerprint probe (every build and check makes one) is not counted."""
     calls, original = [], ensemble.forward
 
     def forward(lq, **kwargs):
+        if lq.shape == teacher_cache.probe_image().shape and torch.equal(lq.cpu(), teacher_cache.probe_image()):
+            return original(lq, **kwargs)
         calls.append(1)
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt('simulated interruption')
@@ -296,7 +299,8 @@ def test_dataset_crops_teacher_outputs_like_gt(folders, specs):
         sample = dataset[index % len(dataset)]
         lq, gt, outputs = sample['lq'], sample['gt'], sample['teacher_outputs']
         assert lq.shape == (3, GT_SIZE // SCALE, GT_SIZE // SCALE) and gt.shape == (3, GT_SIZE, GT_SIZE)
-        assert outputs.shape == (2, 3, GT_SIZE, GT_SIZE) and outputs.dtype == torch.float32
+        assert outputs.shape == (2, 3, GT_SIZE, GT_SIZE) and outputs.dtype == torch.float16  # as stored
+        outputs = outputs.float()  # as the models widen them on the device
         # Teacher 0 upsamples exactly: its crop must be the nearest upsampling of the (flipped) LQ crop.
         expected = F.interpolate(lq[None], scale_factor=SCALE, mode='nearest')[0].half().float()
         assert torch.equal(outputs[0], expected)
@@ -337,7 +341,7 @@ def test_validation_phase_and_lmdb_backend(folders, specs):
     sr_size = tuple(SCALE * side for side in sample['lq'].shape[-2:])
     assert sample['gt'].shape[-2:] == sample['teacher_outputs'].shape[-2:] == sr_size
     for index, name in enumerate(ensemble.names):
-        assert torch.equal(sample['teacher_outputs'][index],
+        assert torch.equal(sample['teacher_outputs'][index].float(),
                            torch.from_numpy(npy_cache.read_full(name, stem)).permute(2, 0, 1))
 
     # Forked data-loader workers open the LMDB although the parent holds it open (here even for writing, the
@@ -349,7 +353,7 @@ def test_validation_phase_and_lmdb_backend(folders, specs):
     for batch in loader:
         assert batch['teacher_outputs'].shape == (5, 2, 3, GT_SIZE, GT_SIZE)
         nearest = F.interpolate(batch['lq'], scale_factor=SCALE, mode='nearest').half().float()
-        assert torch.equal(batch['teacher_outputs'][:, 0], nearest)
+        assert torch.equal(batch['teacher_outputs'][:, 0].float(), nearest)
 
 
 def test_tiled_cache_matches_untiled(folders, specs):
@@ -444,3 +448,132 @@ def test_cached_official_teachers_give_published_psnr(tmp_path):
     published = {'IMDN': 32.210, 'RLFN': 32.238, 'PAN': 32.131, 'RFDN': 32.159, 'mean': 32.350}
     for name, value in published.items():
         assert np.mean(scores[name]) == pytest.approx(value, abs=0.003), name
+
+
+# ---- behavioural fingerprint: a cache notices that a network's code changed --------------------------------
+class CacheProbeEDSR(build_network(dict(EDSR_NETWORK)).__class__):
+    """EDSR under its own registered name, so that a test can change its forward (monkeypatch) and only its."""
+
+
+if 'CacheProbeEDSR' not in ARCH_REGISTRY:
+    ARCH_REGISTRY.register()(CacheProbeEDSR)
+
+PROBE_NETWORK = dict(EDSR_NETWORK, type='CacheProbeEDSR')
+
+
+@pytest.fixture
+def probe_specs(tmp_path):
+    return [TeacherSpec('nearest', NEAREST_NETWORK, save_weights(NEAREST_NETWORK, tmp_path / 'nearest.pth', 0)),
+            TeacherSpec('probe', PROBE_NETWORK, save_weights(EDSR_NETWORK, tmp_path / 'probe.pth', 1))]
+
+
+def _change_forward(monkeypatch, delta: float, relative: bool = False) -> None:
+    """Replace CacheProbeEDSR's forward by the original plus ``delta`` (or times ``1 + delta``): a code change."""
+    original = build_network(dict(EDSR_NETWORK)).__class__.forward
+
+    def changed(self, image):
+        output = original(self, image)
+        return output * (1 + delta) if relative else output + delta
+
+    monkeypatch.setattr(CacheProbeEDSR, 'forward', changed)
+
+
+def test_a_changed_forward_makes_the_cache_stale_and_float_noise_does_not(folders, probe_specs, monkeypatch,
+                                                                            caplog):
+    ensemble = TeacherEnsemble(probe_specs, SCALE)
+    cache = make_cache(folders, ensemble)
+    cache.build(ensemble, folders['lq_paths'], progress=False)
+    behaviour = cache.read_manifest()['behaviour']
+    assert set(behaviour['outputs']) == {'nearest', 'probe'}
+    assert behaviour['outputs']['probe']['shape'] == [3, 2 * teacher_cache.PROBE_SIZE, 2 * teacher_cache.PROBE_SIZE]
+    assert teacher_cache.behaviour_differences(behaviour, cache.check_behaviour(ensemble)) == {}
+
+    _change_forward(monkeypatch, 2e-6, relative=True)  # float noise (another BLAS, GPU vs CPU): accepted
+    cache.check_behaviour(ensemble)
+
+    _change_forward(monkeypatch, 0.01)  # a real change of the code
+    with pytest.raises(teacher_cache.StaleTeacherCacheError) as caught:
+        cache.check_behaviour(ensemble)
+    message = str(caught.value)
+    assert "'probe': probe output changed by up to 0.01" in message and "'nearest'" not in message
+    assert cache.path in message and '--accept-stale' in message and 'accept_stale_teacher_cache: true' in message
+    with caplog.at_level(logging.WARNING):
+        cache.check_behaviour(ensemble, accept_stale=True)
+    assert 'used anyway (accept-stale)' in caplog.text
+
+    # Building over stale outputs is refused too; --accept-stale keeps them and records the current behaviour.
+    with pytest.raises(teacher_cache.StaleTeacherCacheError):
+        cache.build(ensemble, folders['lq_paths'], progress=False)
+    report = cache.build(ensemble, folders['lq_paths'], progress=False, accept_stale=True)
+    assert (report.computed, report.reused) == (0, 5)
+    cache.check_behaviour(ensemble)
+    monkeypatch.undo()
+    with pytest.raises(teacher_cache.StaleTeacherCacheError, match="'probe': probe output changed"):
+        cache.check_behaviour(ensemble)
+
+
+def test_the_dataset_refuses_a_stale_cache_unless_told_and_old_caches_without_a_record(folders, probe_specs,
+                                                                                     monkeypatch):
+    ensemble = TeacherEnsemble(probe_specs, SCALE)
+    cache = make_cache(folders, ensemble)
+    cache.build(ensemble, folders['lq_paths'], progress=False)
+    teachers = [{'name': spec.name, 'network': spec.network, 'weights': spec.weights} for spec in probe_specs]
+    block = dataset_options(folders, teacher_cache_dir=cache.path, teachers=teachers)
+    assert len(TeacherPairedImageDataset(block)) == 5
+    _change_forward(monkeypatch, -0.05)
+    with pytest.raises(teacher_cache.StaleTeacherCacheError, match=r"'probe': probe output changed by up to 0\.05"):
+        TeacherPairedImageDataset(block)
+    assert len(TeacherPairedImageDataset(dict(block, accept_stale_teacher_cache=True))) == 5
+    monkeypatch.undo()
+
+    manifest = cache.read_manifest()  # a cache built before the fingerprint existed
+    del manifest['behaviour']
+    with open(cache.manifest_path, 'w') as handle:
+        json.dump(manifest, handle)
+    with pytest.raises(teacher_cache.StaleTeacherCacheError, match='records no behavioural fingerprint'):
+        TeacherPairedImageDataset(block)
+
+
+def test_build_script_accept_stale_flag(folders, probe_specs, tmp_path, monkeypatch, capsys):
+    teachers = [{'name': spec.name, 'network': spec.network, 'weights': spec.weights} for spec in probe_specs]
+    block = dataset_options(folders)
+    options = {'name': 'stage1', 'scale': SCALE, 'teachers': teachers,
+               'datasets': {'train': dict(block, teacher_cache_root=folders['root'])}}
+    option_file = tmp_path / 'stage1.yml'
+    option_file.write_text(yaml.safe_dump(options))
+    module = load_script('build_teacher_cache')
+    arguments = ['-opt', str(option_file), '--device', 'cpu', '--no-progress']
+    assert module.main(arguments) == 0
+    _change_forward(monkeypatch, 0.02)
+    with pytest.raises(teacher_cache.StaleTeacherCacheError, match='--accept-stale'):
+        module.main(arguments)
+    capsys.readouterr()
+    assert module.main(arguments + ['--accept-stale']) == 0
+    assert '0 images computed, 5 reused' in capsys.readouterr().out
+    assert module.main(arguments) == 0  # the current behaviour is now the recorded one
+
+
+# ---- a damaged cache file names itself and is rebuilt alone ------------------------------------------------
+@pytest.mark.parametrize('keep_bytes', [200, 20])  # data cut short; header cut short
+def test_a_truncated_cache_file_is_named_and_the_build_recomputes_only_it(folders, specs, keep_bytes):
+    ensemble = TeacherEnsemble(specs, SCALE)
+    cache = make_cache(folders, ensemble)
+    cache.build(ensemble, folders['lq_paths'], progress=False)
+    stems = [image_stem(path) for path in folders['lq_paths']]
+    damaged = os.path.join(cache.path, 'edsr', f'{stems[1]}.npy')
+    intact = cache.read_full('edsr', stems[1])
+    with open(damaged, 'r+b') as handle:
+        handle.truncate(keep_bytes)
+    with pytest.raises(TeacherCacheError) as caught:
+        cache.read_crop('edsr', stems[1], 0, 0, 4)
+    message = str(caught.value)
+    assert damaged in message and 'corrupt' in message and 'scripts/build_teacher_cache.py' in message
+    assert 'mmap length' not in message
+    assert cache.missing(stems) == [('edsr', stems[1])] and not cache.is_complete(stems)
+    with pytest.raises(TeacherCacheError, match=f'lacks {stems[1]} \\(edsr\\)'):
+        TeacherPairedImageDataset(dataset_options(folders, teacher_cache_dir=cache.path))
+
+    calls = count_forward(ensemble)
+    report = cache.build(ensemble, folders['lq_paths'], progress=False)
+    assert (len(calls), report.computed, report.reused) == (1, 1, 4)
+    assert np.array_equal(cache.read_full('edsr', stems[1]), intact) and cache.is_complete(stems)

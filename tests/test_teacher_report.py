@@ -151,6 +151,32 @@ def test_report_matches_evaluation_and_niqe_on_a_synthetic_benchmark(tmp_path):
     assert 25 < row.psnr < 60 and math.isfinite(row.niqe)
 
 
+def test_report_measures_lpips_when_given_a_network(tmp_path):
+    """The LPIPS column (EdgeSRN with vs without its VGG term is the DTKD use): each image's value is the metric's
+    on the same 8-bit images, crop = scale; the markdown gets an LPIPS column per set."""
+    from mtkd.metrics.lpips_metric import LPIPS, LPIPS_NETS, build_alexnet_features, calculate_lpips
+
+    generator = torch.Generator().manual_seed(0)
+    features = build_alexnet_features(11)
+    torch.save({f'features.{name}': torch.randn(tensor.shape, generator=generator) * 0.05
+                for name, tensor in features.state_dict().items()}, tmp_path / 'alexnet.pth')
+    torch.save({f'lin{index}.model.1.weight': torch.rand(1, channels, 1, 1, generator=generator)
+                for index, channels in enumerate(LPIPS_NETS['alex']['channels'])}, tmp_path / 'alex.pth')
+    network = LPIPS('alex', str(tmp_path / 'alexnet.pth'), str(tmp_path / 'alex.pth'))
+    set_dir = write_benchmark(tmp_path / 'Tiny', [(72, 80), (80, 72)])
+    rows = report_teachers({'bicubic': Bicubic(2)}, [str(set_dir)], scale=2, niqe=False, lpips=network)
+    expected = []
+    for index in range(2):
+        hr_bgr = read_image(str(set_dir / 'HR' / f'img{index}.png'))
+        lr = image_to_tensor(read_image(str(set_dir / 'LR_bicubic' / 'X2' / f'img{index}x2.png')))
+        sr_bgr = tensor_to_image(Bicubic(2)(lr))
+        expected.append(calculate_lpips(sr_bgr, hr_bgr, crop_border=2, backbone_weights=str(tmp_path / 'alexnet.pth'),
+                                        linear_weights=str(tmp_path / 'alex.pth'), device='cpu'))
+        assert rows[0].per_image[f'img{index}']['lpips'] == pytest.approx(expected[-1], rel=1e-6)
+    assert rows[0].lpips == pytest.approx(np.mean(expected), rel=1e-6) and rows[0].lpips > 0
+    assert report_markdown(rows).splitlines()[0].endswith('| Tiny false texture | Tiny LPIPS |')
+
+
 def test_niqe_refuses_images_with_fewer_than_two_blocks():
     image = np.full((100, 100, 3), 128, np.uint8)
     with pytest.raises(ValueError, match='two 96x96 blocks'):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from mtkd.errors import MtkdError
+
 
 def nearest_name(name: str, candidates: Iterable[str]) -> str | None:
     """The valid name closest to a misspelt ``name`` (or None when nothing is close)."""
@@ -30,7 +32,7 @@ class OptionProblem:
         return f'OptionProblem({str(self)!r})'
 
 
-class OptionError(ValueError):
+class OptionError(MtkdError, ValueError):
     """An option file that cannot be used; ``problems`` lists every problem found, not just the first."""
 
     def __init__(self, problems: list[OptionProblem], source: str = ''):

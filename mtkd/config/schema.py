@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SUPPORTED_OPTIMIZERS = ('Adam', 'AdamW')
+SUPPORTED_OPTIMIZERS = ('Adam', 'AdamW', 'Adan')
 SUPPORTED_SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
+#: Largest seed: NumPy takes seeds below 2**32, and each DDP rank adds its rank.
+MAX_SEED = 2 ** 32 - 1 - 4096
 
 
 class StrictBlock(BaseModel):
@@ -51,7 +53,7 @@ class MetricOptions(CallableBlock):
 
 
 class OptimizerOptions(CallableBlock):
-    """``optim_g``: ``type`` (Adam | AdamW) and ``torch.optim`` arguments (``lr``, ``betas``, ...)."""
+    """``optim_g``: ``type`` (Adam | AdamW | Adan) and the optimizer's arguments (``lr``, ``betas``, ...)."""
     lr: float = Field(gt=0)
 
 
@@ -75,8 +77,10 @@ class DatasetOptions(StrictBlock):
     batch_size_per_gpu: int = Field(default=1, ge=1)
     dataset_enlarge_ratio: int = Field(default=1, ge=1)
     prefetch_mode: Literal['cpu', 'cuda'] | None = None
-    pin_memory: bool = False
-    persistent_workers: bool = False
+    pin_memory: bool | None = Field(default=None, description='page-locked batches for asynchronous copies to '
+                                    'the GPU; null: true for the training set on CUDA (mtkd.runtime)')
+    persistent_workers: bool | None = Field(default=None, description='keep the data workers between epochs; '
+                                            'null: true for the training set when it has workers')
     num_prefetch_queue: int = Field(default=1, ge=1)
 
 
@@ -92,6 +96,9 @@ class PairedImageDatasetOptions(DatasetOptions):
     color: Literal['y'] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    optional: bool = Field(default=False, description='validation/test only: when its folders are missing, leave '
+                           'this dataset out of the run with a note (benchmarks users build themselves: Urban100, '
+                           'Manga109) instead of refusing the file')
 
 
 class SingleImageDatasetOptions(DatasetOptions):
@@ -104,7 +111,11 @@ class SingleImageDatasetOptions(DatasetOptions):
 
 
 class PathOptions(StrictBlock):
-    """``path``: weights to start from and states to resume."""
+    """``path``: weights to start from, states to resume, and where the run writes (BasicSR's keys)."""
+    experiments_root: str | None = Field(default=None, description='training: the experiment\'s own folder '
+                                         '(models, training_states, logs); default experiments/<name>')
+    results_root: str | None = Field(default=None, description='testing: the folder of this test run\'s log, '
+                                     'images and metrics.json; default results/<name>')
     pretrain_network_g: str | None = None
     param_key_g: str | None = Field(default='auto', description="'auto', a key such as 'params_ema', or null")
     strict_load_g: bool = True
@@ -181,15 +192,21 @@ class LoggerOptions(StrictBlock):
 class DistOptions(StrictBlock):
     backend: Literal['nccl', 'gloo'] = 'nccl'
     port: int | None = None
+    timeout: int = Field(default=1800, ge=1, description='seconds any collective may wait (process-group '
+                         'timeout; NCCL\'s own default is 600): covers each rank\'s share of a teacher-cache build '
+                         'and of a validation')
 
 
 class SROptions(StrictBlock):
     """A whole option file for a single-network SR model (train or test)."""
-    name: str
+    name: str = Field(description='the run\'s name: its folder under experiments/ or results/ (one folder name, '
+                      'no path)')
     model_type: str
     scale: int = Field(ge=1, le=8)
-    num_gpu: int | Literal['auto'] = 'auto'
-    manual_seed: int | None = None
+    num_gpu: int | Literal['auto'] = Field(default='auto', description="'auto': every visible GPU under a "
+                                           'launcher, one without; 0: CPU')
+    manual_seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description='seed of every random generator '
+                                    '(plus the rank under DDP); null: a random one, logged')
     datasets: dict[str, dict[str, Any]]  # each validated by its type's schema (DATASET_OPTION_SCHEMAS)
     network_g: NetworkOptions
     path: PathOptions = PathOptions()
@@ -199,13 +216,27 @@ class SROptions(StrictBlock):
     dist_params: DistOptions | None = None
     find_unused_parameters: bool = False
     # Speed options shared by every model (names as in traiNNer-redux / neosr); docs/performance.md.
-    use_amp: bool = Field(default=False, description='automatic mixed precision for the training step '
-                          '(student, teachers, aggregator and losses under autocast)')
-    amp_dtype: Literal['bf16', 'fp16'] = Field(default='bf16', description='fp16 adds a GradScaler')
+    use_amp: bool = Field(default=False, description='automatic mixed precision for the training step: the '
+                          'trained network under autocast; losses in fp32; teachers/aggregator in fp32 unless '
+                          'amp_teachers (mtkd.precision)')
+    amp_dtype: Literal['bf16', 'fp16'] = Field(default='fp16', description='fp16 (default; adds a GradScaler) '
+                                               'rounds [0, 1] images 8x finer than bf16 (docs/performance.md)')
+    amp_teachers: bool = Field(default=False, description='with use_amp: run the teachers and the aggregator in '
+                               'amp_dtype too (faster; targets carry its rounding); default fp32')
     channels_last: bool = Field(default=False, description='NHWC memory format for networks and batches')
     compile: bool = Field(default=False, description='torch.compile the trained network (in place)')
     compile_mode: Literal['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'] = 'default'
-    fast_matmul: bool = Field(default=False, description='TF32 matmul/convolution on Ampere+ GPUs')
+    fast_matmul: bool = Field(default=False, description='TF32 matmul and cuDNN convolutions on Ampere+ GPUs; '
+                              'false: IEEE fp32 for both (PyTorch\'s default runs convolutions in TF32)')
+
+    @field_validator('name')
+    @classmethod
+    def _single_folder_name(cls, name: str) -> str:
+        if not name or name in ('.', '..') or '/' in name or '\\' in name or name != name.strip():
+            raise ValueError(f'the name {name!r} must be one folder name (it becomes experiments/<name> or '
+                             'results/<name>): no /, \\, leading or trailing spaces, "." or ".."; to write elsewhere, set '
+                             'path.experiments_root (training) or path.results_root (testing) to that folder')
+        return name
 
     def extra_problems(self, is_train: bool) -> list:
         """Model-specific combinations to refuse (a list of ``OptionProblem``); none for a plain SR model."""

@@ -19,6 +19,8 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from mtkd.config.errors import OptionError, OptionProblem, nearest_name
+from mtkd.config.hints import weights_hint
+from mtkd.config.optim_ranges import schedule_problems
 from mtkd.config.schema import (DATASET_OPTION_SCHEMAS, MODEL_OPTION_SCHEMAS, SUPPORTED_OPTIMIZERS,
                                 SUPPORTED_SCHEDULERS, CallableBlock, DatasetOptions, FeatureLossOptions, LossOptions,
                                 MetricOptions,
@@ -29,21 +31,26 @@ from mtkd.config.schema import (DATASET_OPTION_SCHEMAS, MODEL_OPTION_SCHEMAS, SU
 DATA_HINT = ('link the shared data with `make link-shared`, build a benchmark with '
              '`python scripts/prepare_benchmark.py`, or DIV2K with `python scripts/prepare_div2k.py` '
              '(datasets/README.md)')
-WEIGHTS_HINT = ('link the shared weights with `make link-shared` or fetch official ones with '
-                '`python scripts/download_pretrained.py` (pretrained/README.md)')
 
 
 @dataclass(frozen=True)
 class ValidatedOptions:
-    """Validated options: the typed schema, the typed datasets, and BasicSR's dict view."""
+    """Validated options: the typed schema, the typed datasets, and BasicSR's dict view.
+
+    ``notes`` are settings that are legal but probably unintended (a metric's ``crop_border`` other than the
+    scale, a milestone after the last iteration): the entry points print them, they refuse nothing."""
     schema: SROptions
     datasets: dict[str, DatasetOptions]
     is_train: bool
+    notes: tuple[str, ...] = ()
 
     def to_basicsr_dict(self) -> dict[str, Any]:
         """A fresh plain dict with every default filled, in BasicSR's layout (safe for BasicSR to mutate)."""
         options = self.schema.model_dump(mode='python')
-        options['datasets'] = {phase: dataset.model_dump(mode='python') for phase, dataset in self.datasets.items()}
+        # BasicSR's SingleImageDataset opens `meta_info_file` whenever the key is present: leave an unset one out.
+        options['datasets'] = {phase: dataset.model_dump(mode='python', exclude={'meta_info_file'}
+                                                         if getattr(dataset, 'meta_info_file', 1) is None else None)
+                               for phase, dataset in self.datasets.items()}
         return options
 
 
@@ -125,6 +132,8 @@ def pydantic_problems(error: ValidationError, location: tuple = ()) -> list[Opti
         where = location + tuple(part for part in item['loc'] if not str(part).startswith('function-'))
         if item['type'] == 'missing':
             message = 'required key is missing'
+        elif item['type'] == 'value_error':  # our own validators: their message is the whole story
+            message = item['msg'].removeprefix('Value error, ')
         else:
             message = f"{item['msg']} (got {item.get('input')!r})"
         problems.append(OptionProblem(where, message))
@@ -198,7 +207,8 @@ def callable_problems(options: SROptions) -> list[OptionProblem]:
     problems = []
     for location, block in _iter_callable_blocks(options):
         if isinstance(block, NetworkOptions):
-            problems += _registry_problems(ARCH_REGISTRY, block, location, 'arch')
+            found = _registry_problems(ARCH_REGISTRY, block, location, 'arch')
+            problems += found or network_build_problems(ARCH_REGISTRY.get(block.type), block, location)
         elif isinstance(block, (LossOptions, FeatureLossOptions)):
             problems += _registry_problems(LOSS_REGISTRY, block, location, 'loss')
             if isinstance(block, FeatureLossOptions) and len(block.student_layers) != len(block.teacher_layers):
@@ -212,7 +222,7 @@ def callable_problems(options: SROptions) -> list[OptionProblem]:
                 problems.append(OptionProblem(location + ('type',), f"unsupported optimizer '{block.type}'; "
                                               f'choose one of {", ".join(SUPPORTED_OPTIMIZERS)}'))
             else:
-                problems += signature_problems(getattr(torch.optim, block.type), block.arguments(), location,
+                problems += signature_problems(optimizer_class(block.type), block.arguments(), location,
                                                f"optimizer '{block.type}'", skip=('params', 'lr'))
         elif isinstance(block, SchedulerOptions):
             if block.type not in SUPPORTED_SCHEDULERS:
@@ -224,6 +234,45 @@ def callable_problems(options: SROptions) -> list[OptionProblem]:
                 problems += signature_problems(scheduler, block.arguments(), location, f"scheduler '{block.type}'",
                                                skip=('optimizer', 'last_epoch'))
     return problems
+
+
+#: ``(type, arguments) -> reason or None`` of the networks built by :func:`network_build_problems`.
+_BUILD_FAILURES: dict[tuple[str, str], str | None] = {}
+
+
+def network_build_problems(arch: type, block: NetworkOptions, location: tuple) -> list[OptionProblem]:
+    """An arch that refuses its arguments when it is built (e.g. an upsampler without scale 5), found now rather
+    than after the data and teachers are set up."""
+    key = (block.type, repr(sorted(block.arguments().items(), key=lambda item: item[0])))
+    if key not in _BUILD_FAILURES:
+        _BUILD_FAILURES[key] = _build_failure(arch, block.arguments())
+    reason = _BUILD_FAILURES[key]
+    return [OptionProblem(location, f'{block.type} cannot be built with these arguments: {reason}')] if reason else []
+
+
+def _build_failure(arch: type, arguments: dict) -> str | None:
+    """Why ``arch(**arguments)`` fails, or None. Built on the ``meta`` device (no memory, no time); an arch that
+    cannot be built there (SwinIR reads values at construction) is built on the CPU."""
+    for device in ('meta', 'cpu'):
+        try:
+            with torch.device(device):
+                arch(**arguments)
+            return None
+        except Exception as error:  # noqa: BLE001 - any refusal by the arch is the user's to see
+            text = str(error).strip()
+            if device == 'meta' and 'meta' in text.lower():
+                continue  # a limit of the meta device, not of the arguments
+            return text.splitlines()[0] if text else type(error).__name__
+    return None
+
+
+def optimizer_class(name: str) -> type:
+    """The class an ``optim_g.type`` names: torch's ``Adam``/``AdamW``, or mtkd's ``Adan`` (:mod:`mtkd.adan`)."""
+    if name == 'Adan':
+        from mtkd.adan import Adan
+
+        return Adan
+    return getattr(torch.optim, name)
 
 
 def network_scale_problems(network: NetworkOptions, scale: int, location: tuple) -> list[OptionProblem]:
@@ -271,6 +320,9 @@ def dataset_problems(raw_datasets: Mapping, scale: int, is_train: bool) -> tuple
         except ValidationError as error:
             problems += pydantic_problems(error, location)
             continue
+        if phase == 'train' and getattr(dataset, 'optional', False):
+            problems.append(OptionProblem(location + ('optional',), 'only validation and test datasets can be '
+                                          'optional; a training set must exist'))
         if phase == 'train':
             gt_size = getattr(dataset, 'gt_size', 0)
             if gt_size is None:
@@ -287,6 +339,34 @@ def dataset_problems(raw_datasets: Mapping, scale: int, is_train: bool) -> tuple
     return datasets, problems
 
 
+def folder_problem(path: str, resolved: str, backend: str = 'disk') -> str | None:
+    """Why a dataset folder cannot be read (missing, or an empty image folder), or None."""
+    if not os.path.isdir(resolved):
+        return f'folder {path} does not exist'
+    if backend == 'disk' and not any(os.scandir(resolved)):
+        return f'folder {path} is empty'
+    return None
+
+
+def absent_optional_datasets(datasets: dict[str, DatasetOptions], root: str) -> tuple[list[str], list[str]]:
+    """``(keys, notes)``: the validation/test datasets marked ``optional: true`` whose folders are missing or empty
+    (Urban100 and Manga109 in the test files, which users build themselves): they are left out of the run."""
+    keys, notes = [], []
+    for key, dataset in datasets.items():
+        if not getattr(dataset, 'optional', False):
+            continue
+        for field in ('dataroot_gt', 'dataroot_lq'):
+            path = getattr(dataset, field, None)
+            problem = path and folder_problem(path, _resolve_path(path, root), dataset.io_backend.type)
+            if problem:
+                keys.append(key)
+                notes.append(f"datasets.{key} ('{dataset.name}') left out (optional: true): {problem}; build it with "
+                             '`python scripts/prepare_benchmark.py --hr-dir <its HR folder> --out-dir datasets '
+                             f'--name {dataset.name}` (datasets/README.md)')
+                break
+    return keys, notes
+
+
 def file_problems(options: SROptions, datasets: Mapping[str, DatasetOptions], root: str) -> list[OptionProblem]:
     """Files and folders that must exist: data roots, meta files, weights, states."""
     def resolve(path: str) -> str:
@@ -298,27 +378,35 @@ def file_problems(options: SROptions, datasets: Mapping[str, DatasetOptions], ro
             path = getattr(dataset, field, None)
             if path is None:
                 continue
-            resolved = resolve(path)
-            if not os.path.isdir(resolved):
-                problems.append(OptionProblem(('datasets', key, field), f'folder {path} does not exist; {DATA_HINT}'))
-            elif dataset.io_backend.type == 'disk' and not any(os.scandir(resolved)):
-                problems.append(OptionProblem(('datasets', key, field), f'folder {path} is empty; {DATA_HINT}'))
+            problem = folder_problem(path, resolve(path), dataset.io_backend.type)
+            if problem:
+                problems.append(OptionProblem(('datasets', key, field), f'{problem}; {DATA_HINT}'))
         meta = getattr(dataset, 'meta_info_file', None)
         if meta is not None and not os.path.isfile(resolve(meta)):
             problems.append(OptionProblem(('datasets', key, 'meta_info_file'), f'file {meta} does not exist'))
     weights = options.path.pretrain_network_g
     if weights is not None and not os.path.isfile(resolve(weights)):
-        problems.append(OptionProblem(('path', 'pretrain_network_g'), f'weights {weights} not found; {WEIGHTS_HINT}'))
+        problems.append(OptionProblem(('path', 'pretrain_network_g'), f'weights {weights} not found; '
+                                      f'{weights_hint(weights, root)}'))
     state = options.path.resume_state
     if state is not None and not os.path.isfile(resolve(state)):
         problems.append(OptionProblem(('path', 'resume_state'), f'training state {state} not found'))
     for location, block in _iter_callable_blocks(options):
-        vgg_weights = block.arguments().get('vgg_weights')
-        if isinstance(vgg_weights, str) and not os.path.isfile(resolve(vgg_weights)):
-            problems.append(OptionProblem(location + ('vgg_weights',), f'VGG weights {vgg_weights} not found; they '
-                                          'cannot be downloaded here: fetch torchvision\'s vgg19-dcbd5c4.pth on a '
-                                          'machine with internet and copy it there, or remove this loss block'))
+        if isinstance(block, MetricOptions) and block.arguments().get('optional'):
+            continue  # an optional metric without its weights is left out at run time, with a warning
+        for key, value in block.arguments().items():
+            if key.endswith('_weights') and isinstance(value, str) and not os.path.isfile(resolve(value)):
+                problems.append(OptionProblem(location + (key,), f'{key} file {value} not found; '
+                                              + WEIGHT_FILE_HINTS.get(key, 'give the path of an existing file')))
     return problems
+
+
+#: How to get the weight files that loss and metric blocks name (``<something>_weights: <path>``).
+WEIGHT_FILE_HINTS = {
+    'vgg_weights': ("torchvision's VGG19 (vgg19-dcbd5c4.pth) cannot be downloaded by mtkd: fetch "
+                    'https://download.pytorch.org/models/vgg19-dcbd5c4.pth on a machine with internet and copy it '
+                    'there, or use the option file without the VGG term'),
+}
 
 
 def teacher_problems(options: SROptions, check_files: bool, root: str) -> list[OptionProblem]:
@@ -341,7 +429,8 @@ def teacher_problems(options: SROptions, check_files: bool, root: str) -> list[O
                 problems.append(OptionProblem(location + ('weights',), f"teacher '{teacher.name}' has no weights"))
             elif not os.path.isfile(_resolve_path(teacher.weights, root)):
                 problems.append(OptionProblem(location + ('weights',), f"weights {teacher.weights} of teacher "
-                                              f"'{teacher.name}' not found; {WEIGHTS_HINT}"))
+                                              f"'{teacher.name}' not found; "
+                                              f'{weights_hint(teacher.weights, root)}'))
     return problems
 
 
@@ -372,6 +461,18 @@ def semantic_problems(options: SROptions, is_train: bool) -> list[OptionProblem]
     if not is_train and options.val is None:
         problems.append(OptionProblem(('val',), 'testing needs a val block (metrics, save_img)'))
     return problems
+
+
+def validation_notes(options: SROptions) -> list[str]:
+    """Legal settings that usually are mistakes, to print (not refuse): a metric's ``crop_border`` that differs
+    from the scale (the field's protocol crops ``scale`` pixels)."""
+    notes = []
+    for name, metric in ((options.val.metrics if options.val is not None else None) or {}).items():
+        crop_border = metric.arguments().get('crop_border')
+        if crop_border is not None and crop_border != options.scale:
+            notes.append(f'val.metrics.{name}.crop_border is {crop_border} but the scale is {options.scale}: the SR '
+                         f'papers crop {options.scale} pixels (crop_border = scale); numbers will not be comparable')
+    return notes
 
 
 def schema_for(model_type: str) -> type[SROptions]:
@@ -405,16 +506,29 @@ def validate_options(raw: Mapping, *, is_train: bool, check_files: bool = True, 
     problems += dataset_issues + callable_problems(options) + semantic_problems(options, is_train)
     problems += teacher_problems(options, check_files, root)
     problems += options.extra_problems(is_train)
+    notes = validation_notes(options)
+    if is_train and isinstance(options.train, TrainOptions):
+        schedule_issues, schedule_notes = schedule_problems(options.train)
+        problems += schedule_issues
+        notes += schedule_notes
     aggregator = getattr(options, 'aggregator', None)
     if check_files and aggregator is not None and (aggregator.weights is None or
                                                    not os.path.isfile(_resolve_path(aggregator.weights, root))):
         problems.append(OptionProblem(('aggregator', 'weights'), f'stage-1 checkpoint {aggregator.weights} not found; '
-                                      'train it with the stage-1 option file named in this file'))
+                                      + (weights_hint(aggregator.weights, root) if aggregator.weights else
+                                         'set it to the stage-1 checkpoint (the stage-1 option file named in this '
+                                         "file's header trains it)")))
     if check_files:
+        absent, absent_notes = absent_optional_datasets(datasets, root)
+        datasets = {key: dataset for key, dataset in datasets.items() if key not in absent}
+        notes += absent_notes
+        if absent and not is_train and not datasets:
+            problems.append(OptionProblem(('datasets',), 'every test dataset is optional and absent: build one (see '
+                                          'the notes above) or add a dataset that exists'))
         problems += file_problems(options, datasets, root)
     if problems:
         raise OptionError(problems, source)
-    return ValidatedOptions(schema=options, datasets=datasets, is_train=is_train)
+    return ValidatedOptions(schema=options, datasets=datasets, is_train=is_train, notes=tuple(notes))
 
 
 __all__ = ['ValidatedOptions', 'validate_options', 'schema_for', 'OptionError', 'StrictBlock']

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.utils import data
 from torchvision.transforms.functional import normalize
 
@@ -31,12 +31,43 @@ class CheckedPairedImageDatasetOptions(PairedImageDatasetOptions):
         default=False, description='training: leave out (and log) images whose HR is smaller than gt_size '
         'instead of stopping with an error (the 291-image set has 7 such images at gt_size 128, x4)')
 
+    @model_validator(mode='after')
+    def _normalisation(self):
+        problem = normalisation_problem(DATASET_REGISTRY.get(self.type) if self.type in DATASET_REGISTRY else None,
+                                        self.mean, self.std)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def normalisation_problem(dataset_class, mean, std) -> str | None:
+    """Why ``mean``/``std`` cannot normalise this dataset's images, or None (also None when neither is set).
+
+    BasicSR's convention: ``(x - mean) / std`` per RGB channel on LQ and GT. Refused for a dataset that returns
+    extra images (teacher outputs, I_MT): those are in [0, 1], as the aggregator and the distillation losses
+    expect, so normalising LQ/GT alone would compare two ranges, and normalising them too would feed the
+    aggregator and the losses the wrong range.
+    """
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        return 'mean and std go together ((x - mean) / std per RGB channel): give both or neither'
+    if len(mean) != 3 or len(std) != 3:
+        return f'mean and std need one value per RGB channel, got {len(mean)} and {len(std)}'
+    if min(std) <= 0:
+        return f'std values must be positive, got {list(std)}'
+    if dataset_class is not None and dataset_class.extra_outputs is not CheckedPairedImageDataset.extra_outputs:
+        return (f'{dataset_class.__name__} cannot normalise with mean/std: its teacher outputs (or I_MT) stay in '
+                '[0, 1], which the aggregator and the distillation losses expect, so LQ/GT and targets would be in '
+                'different ranges. Remove mean and std and normalise inside the network (img_range, rgb_mean)')
+    return None
+
 
 def decode_image(content: bytes, path: str) -> np.ndarray:
     """Bytes of an image file → float32 BGR ``(H, W, 3)`` in [0, 1]; grayscale files are read as colour."""
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_COLOR) if content else None
     if image is None:
         raise ImageReadError(f'Cannot decode image {path} ({len(content)} bytes): the file is corrupt, truncated or '
                              'not an image. Re-create or re-download it.')
@@ -65,6 +96,9 @@ class CheckedPairedImageDataset(data.Dataset):
         self.file_client = None
         self.scale = opt['scale']
         self.mean, self.std = opt.get('mean'), opt.get('std')
+        problem = normalisation_problem(type(self), self.mean, self.std)
+        if problem:  # also for blocks that did not go through option validation
+            raise ValueError(f"dataset '{opt.get('name')}' ({type(self).__name__}): {problem}")
         self.paths = paired_lq_paths(opt['dataroot_gt'], opt['dataroot_lq'], opt.get('filename_tmpl', '{}'),
                                      opt.get('meta_info_file'))
         if not self.paths:
@@ -124,18 +158,18 @@ class CheckedPairedImageDataset(data.Dataset):
             if not isinstance(cropped_gts, list):  # BasicSR unwraps a one-element list
                 cropped_gts = [cropped_gts]
             image_gt = cropped_gts[0]
-            extra = [np.array(crop, dtype=np.float32) for crop in cropped_gts[1:]]
+            extra = [np.array(crop) for crop in cropped_gts[1:]]  # a copy in the stored dtype (float16 caches)
             augmented = augment([image_gt, image_lq] + extra, self.opt.get('use_hflip', True),
                                 self.opt.get('use_rot', True))
             image_gt, image_lq, extra = augmented[0], augmented[1], augmented[2:]
         else:
-            extra = [np.array(array, dtype=np.float32) for array in extra]
+            extra = [np.array(array) for array in extra]
         tensor_gt, tensor_lq = img2tensor([image_gt, image_lq], bgr2rgb=True, float32=True)
         outputs = self.extra_outputs(extra)
-        if self.mean is not None or self.std is not None:
-            for tensor in [tensor_lq, tensor_gt] + [item for value in outputs.values() for item in value]:
+        if self.mean is not None:  # with std (checked at start); never with extra outputs (refused there)
+            for tensor in (tensor_lq, tensor_gt):
                 normalize(tensor, self.mean, self.std, inplace=True)
         return {'lq': tensor_lq, 'gt': tensor_gt, 'lq_path': lq_path, 'gt_path': gt_path, **outputs}
 
 
-__all__ = ['CheckedPairedImageDataset', 'CheckedPairedImageDatasetOptions', 'decode_image']
+__all__ = ['CheckedPairedImageDataset', 'CheckedPairedImageDatasetOptions', 'decode_image', 'normalisation_problem']

@@ -17,7 +17,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from mtkd.config.schema import register_dataset_options
 from mtkd.data.checked_paired_dataset import CheckedPairedImageDataset, CheckedPairedImageDatasetOptions
 from mtkd.teacher_cache import (BUILD_COMMAND, DEFAULT_CACHE_ROOT, TeacherCacheError, TeacherOutputCache,
-                                dataset_key, image_stem)
+                                check_dataset_cache_behaviour, dataset_key, image_stem)
 from mtkd.teachers import check_fingerprint
 
 
@@ -34,7 +34,7 @@ class TeacherPairedImageDatasetOptions(CheckedPairedImageDatasetOptions):
         default=None, description="the teachers' names in order; the cache's manifest must list the same")
     teachers: list[dict[str, Any]] | None = Field(
         default=None, description='filled by mtkd from the teachers: list: with it, a missing cache is built at '
-        'start (rank 0 builds, other ranks wait)')
+        'start (under DDP every rank builds its share)')
     teacher_fingerprints: list[dict[str, Any]] | None = Field(
         default=None, description='filled by mtkd from the teachers: list (mtkd.teachers.fingerprint_specs), not '
         'by hand: identifies the cache exactly (weights sha256 included)')
@@ -43,33 +43,37 @@ class TeacherPairedImageDatasetOptions(CheckedPairedImageDatasetOptions):
         "the stage-1 aggregator's I_MT (MTKD stage 2: neither teachers nor aggregator run during training)")
     aggregator: dict[str, Any] | None = Field(
         default=None, description="filled by mtkd from the model's aggregator: block for content 'aggregate'")
+    accept_stale_teacher_cache: bool = Field(
+        default=False, description='use the cache even when its networks now compute other outputs on the probe '
+        'image than when it was built (their code changed; mtkd.teacher_cache.behaviour_fingerprint): a warning '
+        'instead of an error')
 
 
 def build_missing_teacher_cache(opt: dict, lq_paths: list[str]) -> None:
     """Build the cache of ``opt['teachers']`` on ``lq_paths`` unless a complete one exists (a no-op without
-    ``teachers``). Under DDP rank 0 builds and the other ranks wait, so the cache is built once."""
-    from basicsr.utils.dist_util import get_dist_info
-
-    from mtkd.teachers import TeacherEnsemble, teacher_specs_from_options
+    ``teachers``). Under DDP every rank computes its share of the images on its own GPU, then one barrier
+    (:func:`mtkd.teacher_cache.build_sharded`; bounded by ``dist_params.timeout``): the cache is built once, in
+    1/N of the time, and no rank waits idle for the whole build."""
+    from mtkd import distributed
+    from mtkd.aggregated_teachers import cache_networks_from_options
+    from mtkd.teacher_cache import build_sharded
 
     if not opt.get('teachers') or opt.get('teacher_cache_dir'):
         return
-    rank, world_size = get_dist_info()
-    if rank == 0:
-        specs = teacher_specs_from_options(opt['teachers'])
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        ensemble = TeacherEnsemble(specs, opt['scale'], device=device, logger=get_root_logger())
-        if opt.get('teacher_cache_content') == 'aggregate':
-            from mtkd.aggregated_teachers import AggregatedTeachers
-
-            ensemble = AggregatedTeachers(ensemble, opt['aggregator'], logger=get_root_logger())
-        cache = TeacherOutputCache(opt.get('teacher_cache_root') or DEFAULT_CACHE_ROOT, ensemble.fingerprint(),
-                                   dataset_key(lq_paths), opt['scale'])
-        if not cache.is_complete([image_stem(path) for path in lq_paths]):
-            cache.build(ensemble, lq_paths, progress=True, logger=get_root_logger())
-        del ensemble
-    if world_size > 1:
-        torch.distributed.barrier()
+    stems = [image_stem(path) for path in lq_paths]
+    fingerprints = opt.get('teacher_fingerprints')
+    key = dataset_key(lq_paths)
+    root = opt.get('teacher_cache_root') or DEFAULT_CACHE_ROOT
+    # The option layer fills teacher_fingerprints: a complete cache is found without building any network.
+    if fingerprints is not None and not distributed.any_rank(
+            not TeacherOutputCache(root, fingerprints, key, opt['scale']).is_complete(stems)):
+        return
+    device = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
+    networks = cache_networks_from_options(opt, device, get_root_logger())
+    cache = TeacherOutputCache(root, networks.fingerprint(), key, opt['scale'])
+    if distributed.any_rank(not cache.is_complete(stems)):
+        build_sharded(cache, networks, lq_paths, progress=True, logger=get_root_logger())
+    del networks
 
 
 def open_teacher_cache(opt: dict, lq_paths: list[str]) -> TeacherOutputCache:
@@ -110,8 +114,10 @@ class TeacherPairedImageDataset(CheckedPairedImageDataset):
     see :func:`open_teacher_cache`), ``teacher_names`` (checked against the cache) and ``teachers`` (filled by
     mtkd: a missing cache is built at start).
 
-    Returns ``{'lq': (3, h, w), 'gt': (3, H, W), 'lq_path', 'gt_path', 'teacher_outputs': (N, 3, H, W)}``,
-    float32 RGB; ``lq`` and ``gt`` in [0, 1], teacher outputs nominally [0, 1] (float16-stored, unclamped).
+    Returns ``{'lq': (3, h, w), 'gt': (3, H, W), 'lq_path', 'gt_path', 'teacher_outputs': (N, 3, H, W)}``, RGB;
+    ``lq`` and ``gt`` float32 in [0, 1], teacher outputs (``cached_target`` for an aggregate cache) float16 as
+    stored, nominally [0, 1], unclamped: the models widen them to float32 on the device, which halves the
+    workers' memory and the host-to-device copy and gives the same values.
     Training: the teacher outputs are cropped at exactly the GT crop and get the same flip/rotation, because
     they go through BasicSR's ``paired_random_crop`` and ``augment`` in one list with GT (and LQ). The cached
     arrays are memory-mapped, so only the crop is read. Other phases: whole images, GT cut to LQ × scale.
@@ -123,6 +129,7 @@ class TeacherPairedImageDataset(CheckedPairedImageDataset):
         lq_paths = [pair['lq_path'] for pair in self.paths]
         build_missing_teacher_cache(opt, lq_paths)
         self.cache = open_teacher_cache(opt, lq_paths)
+        check_dataset_cache_behaviour(self.cache, opt, get_root_logger())  # stale outputs of changed code
         self.teacher_names = self.cache.teacher_names
         wanted = opt.get('teacher_names')
         if wanted is not None and list(wanted) != self.teacher_names:

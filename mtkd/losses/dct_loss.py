@@ -4,6 +4,7 @@ Registered into BasicSR's ``LOSS_REGISTRY`` as ``DCTDistillLoss``. Choices and s
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,14 +22,25 @@ _REMAINDERS = ('replicate', 'crop')
 
 
 def _dct_matrix(size: int, norm: str, like: torch.Tensor) -> torch.Tensor:
-    """DCT-II matrix (rows = frequencies) in scipy's ``norm='ortho'`` or ``norm='backward'`` scaling."""
-    matrix = dct_matrix(size, dtype=torch.float64)
-    if norm == 'backward':
-        # scipy's unnormalised DCT-II, 2 * sum_i x[i] cos(pi (2 i + 1) k / (2 n)): the orthonormal rows times
-        # sqrt(2 n), and the DC row once more times sqrt(2).
-        matrix = matrix * math.sqrt(2.0 * size)
-        matrix[0] *= math.sqrt(2.0)
-    return matrix.to(dtype=like.dtype, device=like.device)
+    """DCT-II matrix (rows = frequencies) in scipy's ``norm='ortho'`` or ``norm='backward'`` scaling, on ``like``'s
+    device and dtype, made once per size, norm, device and dtype (not copied from the host at every call)."""
+    if torch.compiler.is_compiling():
+        return _make_dct_matrix(size, norm, like.device, like.dtype)
+    return _cached_dct_matrix(size, norm, like.device, like.dtype)
+
+
+def _make_dct_matrix(size: int, norm: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        matrix = dct_matrix(size, dtype=torch.float64)
+        if norm == 'backward':
+            # scipy's unnormalised DCT-II, 2 * sum_i x[i] cos(pi (2 i + 1) k / (2 n)): the orthonormal rows times
+            # sqrt(2 n), and the DC row once more times sqrt(2).
+            matrix = matrix * math.sqrt(2.0 * size)
+            matrix[0] *= math.sqrt(2.0)
+        return matrix.to(dtype=dtype, device=device)
+
+
+_cached_dct_matrix = functools.lru_cache(maxsize=None)(_make_dct_matrix)
 
 
 @LOSS_REGISTRY.register()

@@ -13,6 +13,14 @@ gradient; ``pred`` does. ``normalize``: ``'all'`` divides the weighted sum by th
 with zero weight counts as a zero; the helper's masked-mean semantics), ``'weight'`` by the sum of the weights
 (a weighted mean over the pixels that take part; 0 when none does, never NaN).
 
+How the two attention terms combine (``DiscrepancyAttentionLoss(among=...)``): a teacher pixel with false texture
+is far from the student, so a discrepancy mask over *all* pixels (``among: 'all'``, the helper applied to
+``|S - T|`` as it stands, and this module's behaviour before the second pass) selects exactly the pixels the
+reliability mask excludes, and the sum of the two terms acts like plain L1 KD there. ``among: 'reliable'`` (the
+default) looks for large discrepancies only among the pixels where the teacher is reliable
+(:func:`reliability_mask`): both its reference mean and its selection ignore the others, so no distillation term
+pulls the student towards a teacher error (docs/dtkd.md, "How the two attention terms combine").
+
 Registered into BasicSR's ``LOSS_REGISTRY``: ``RoutedL1Loss``, ``ReliabilityAttentionLoss``,
 ``DiscrepancyAttentionLoss``.
 """
@@ -23,6 +31,8 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 NORMALIZATIONS = ('all', 'weight')
+#: ``DiscrepancyAttentionLoss(among=...)``: choose among the reliable pixels (default) or all (the old combination).
+AMONG_CHOICES = ('reliable', 'all')
 
 
 def weighted_l1(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, normalize: str) -> torch.Tensor:
@@ -66,29 +76,39 @@ def reliability_mask(pred: torch.Tensor, target: torch.Tensor, gt: torch.Tensor,
         return torch.sigmoid((student_error - teacher_error) / temperature).to(pred.dtype)
 
 
-def discrepancy_mask(pred: torch.Tensor, target: torch.Tensor, weighting: str = 'binary',
-                     reference: str = 'batch', per_pixel: bool = True) -> torch.Tensor:
+def discrepancy_mask(pred: torch.Tensor, target: torch.Tensor, weighting: str = 'binary', reference: str = 'batch',
+                     per_pixel: bool = True, gate: torch.Tensor | None = None) -> torch.Tensor:
     """Where the student still differs from the teacher more than on average: ``|S - T| > mean |S - T|``.
 
     The released helper's semantics (``get_l1_attention_mask(mask, loss)`` with ``mask = |S - T|`` and ``loss`` its
-    mean). ``'binary'``: 1 there, 0 elsewhere (the helper's first output); ``'magnitude'``: ``|S - T| / mean``
-    there, 0 elsewhere (the helper's second output, divided by the mean so the weights are >= 1 rather than
-    ~1e-2). ``reference``: the mean over the whole batch (``'batch'``, the helper's scalar loss) or per image.
-    No gradient.
+    mean; which operands the helper compares is not public: student and teacher outputs is our choice).
+    ``'binary'``: 1 there, 0 elsewhere (the helper's first output); ``'magnitude'``: ``|S - T| / mean`` there, 0
+    elsewhere (the helper's second output, divided by the mean so the weights are >= 1 rather than ~1e-2).
+    ``reference``: the mean over the whole batch (``'batch'``, the helper's scalar loss) or per image.
+    ``per_pixel``: ``|S - T|`` is the channel mean, the mask ``(B, 1, H, W)``; otherwise per element.
+
+    ``gate`` (no gradient, the shape of the mask or broadcastable to it, values in [0, 1]): the pixels to choose
+    among, e.g. :func:`reliability_mask`. The reference mean is the ``gate``-weighted mean of ``|S - T|``, a
+    pixel is selected only where ``gate > 0``, and the mask is multiplied by ``gate``. ``None``: every pixel.
     """
     with torch.no_grad():
         discrepancy = (pred - target).abs()
         if per_pixel:
             discrepancy = discrepancy.mean(dim=1, keepdim=True)
-        if reference == 'batch':
-            mean = discrepancy.mean()
+        dims = tuple(range(discrepancy.dim())) if reference == 'batch' else tuple(range(1, discrepancy.dim()))
+        if gate is None:  # every pixel: the first reconstruction's rule
+            mean = discrepancy.mean(dim=dims, keepdim=True)
+            above = discrepancy > mean
+            gate = torch.ones((), dtype=discrepancy.dtype, device=discrepancy.device)
         else:
-            mean = discrepancy.flatten(1).mean(dim=1).view(-1, *([1] * (discrepancy.dim() - 1)))
-        above = discrepancy > mean
+            gate = gate.detach().to(discrepancy.dtype).expand_as(discrepancy)
+            total = gate.sum(dim=dims, keepdim=True)
+            mean = (gate * discrepancy).sum(dim=dims, keepdim=True) / total.clamp_min(torch.finfo(total.dtype).tiny)
+            above = (discrepancy > mean) & (gate > 0)
         if weighting == 'binary':
-            return above.to(pred.dtype)
-        return torch.where(above, discrepancy / torch.as_tensor(mean).clamp_min(1e-12),
-                           torch.zeros_like(discrepancy)).to(pred.dtype)
+            return (above.to(discrepancy.dtype) * gate).to(pred.dtype)
+        weights = torch.where(above, discrepancy / mean.clamp_min(1e-12), torch.zeros_like(discrepancy))
+        return (weights * gate).to(pred.dtype)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -138,20 +158,43 @@ class ReliabilityAttentionLoss(nn.Module):
 
 @LOSS_REGISTRY.register()
 class DiscrepancyAttentionLoss(nn.Module):
-    """Spend capacity where the student still differs from the teacher: ``L1`` weighted by :func:`discrepancy_mask`."""
+    """Spend capacity where the student still differs from a reliable teacher: ``L1`` weighted by
+    :func:`discrepancy_mask` (DTKD, attention 2).
+
+    ``among``: ``'reliable'`` (default) chooses among the pixels where the teacher is at least as close to GT as
+    the student (:func:`reliability_mask` with ``reliability_mode``, ``reliability_temperature`` and this loss's
+    ``per_pixel``, which should equal the reliability term's settings; ``DualTeacherModel`` checks that), so a
+    teacher's false texture never gets weight; needs ``gt``. ``'all'``: every pixel, the helper applied to all of
+    ``|S - T|`` (the first DTKD reconstruction; the ablation that lets false textures in).
+    """
 
     def __init__(self, loss_weight: float = 1.0, weighting: str = 'binary', reference: str = 'batch',
-                 per_pixel: bool = True, normalize: str = 'all'):
+                 per_pixel: bool = True, normalize: str = 'all', among: str = 'reliable',
+                 reliability_mode: str = 'hard', reliability_temperature: float = 0.01):
         super().__init__()
         _check_choice('weighting', weighting, ('binary', 'magnitude'))
         _check_choice('reference', reference, ('batch', 'image'))
         _check_choice('normalize', normalize, NORMALIZATIONS)
+        _check_choice('among', among, AMONG_CHOICES)
+        _check_choice('reliability_mode', reliability_mode, ('hard', 'soft'))
+        if reliability_temperature <= 0:
+            raise ValueError(f'reliability_temperature must be > 0, got {reliability_temperature}')
         self.loss_weight = loss_weight
         self.weighting = weighting
         self.reference = reference
         self.per_pixel = per_pixel
         self.normalize = normalize
+        self.among = among
+        self.reliability_mode = reliability_mode
+        self.reliability_temperature = reliability_temperature
 
     def forward(self, pred, target, gt=None, weight=None):
-        mask = discrepancy_mask(pred, target, self.weighting, self.reference, self.per_pixel)
+        gate = None
+        if self.among == 'reliable':
+            if gt is None:
+                raise ValueError("DiscrepancyAttentionLoss(among='reliable') needs the ground truth gt to find the "
+                                 "reliable pixels; pass gt or use among='all'")
+            gate = reliability_mask(pred, target, gt, self.reliability_mode, self.reliability_temperature,
+                                    self.per_pixel)
+        mask = discrepancy_mask(pred, target, self.weighting, self.reference, self.per_pixel, gate)
         return self.loss_weight * weighted_l1(pred, target, _combine(mask, weight), self.normalize)

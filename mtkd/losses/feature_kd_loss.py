@@ -204,10 +204,11 @@ class FeatureAffinityLoss(nn.Module):
         L_j = sum_{b, i, k}  |A_s[b, i, k] - A_t[b, i, k]|      (reduction 'sum')
         loss = loss_weight * sum_j L_j
 
-    The official scripts use ``10*SA`` (``loss_weight: 10``) on three features (EDSR: the outputs of the three
-    thirds of the body; RCAN: residual groups 2, 6 and the body's last conv) next to L1 to HR and to the
-    teacher's output, each weighted 0.5. The affinity does not depend on the channel count, so student and
-    teacher widths may differ; their spatial sizes must match.
+    The official scripts use ``10*SA`` on three features (EDSR: the outputs of the three thirds of the body; RCAN:
+    residual groups 2, 6 and the body's last conv) next to L1 to HR and to the teacher's output, each weighted 0.5,
+    on images in [0, 255]. The affinity is scale-free and the L1 terms are not, so on [0, 1] images the same balance
+    is ``loss_weight: 10/255`` with 0.5 / 0.5 (the shipped FAKD files; docs/baselines.md). The affinity does not
+    depend on the channel count, so student and teacher widths may differ; their spatial sizes must match.
 
     Memory: one ``(HW)^2`` float32 matrix is 20.25 MiB per sample for a 48x48 LR patch (FAKD's x4 setting,
     HW = 2304), 64 MiB for 64x64. Each pair keeps one such matrix per sample for backward (measured with

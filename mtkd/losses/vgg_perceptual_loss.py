@@ -51,29 +51,31 @@ def build_vgg_features(vgg_type: str, last_layer: str) -> nn.Sequential:
     return nn.Sequential(*modules[:vgg_layer_names(vgg_type).index(last_layer) + 1])
 
 
-def load_vgg_features(features: nn.Sequential, path: str) -> None:
-    """Load the ``features.*`` tensors of a torchvision VGG checkpoint into ``features``, strictly.
+def load_vgg_features(features: nn.Sequential, path: str, description: str = 'VGG') -> None:
+    """Load the ``features.*`` tensors of a torchvision checkpoint (VGG, or AlexNet for LPIPS) into ``features``,
+    strictly.
 
     ``classifier.*`` tensors (and the features past the last layer used) are not needed and are left out;
-    every tensor the truncated network has must be in the file with the right shape.
+    every tensor the truncated network has must be in the file with the right shape. ``description`` names the
+    network in messages.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f'VGG weights {path} not found. The perceptual loss needs torchvision VGG weights (e.g. '
-            'vgg19-dcbd5c4.pth from https://download.pytorch.org/models/); download them on a machine with '
-            'internet, copy them here and set vgg_weights, or remove perceptual_opt.')
+            'vgg19-dcbd5c4.pth from https://download.pytorch.org/models/vgg19-dcbd5c4.pth); download them on a machine '
+            'with internet, copy them here and set vgg_weights, or remove perceptual_opt.')
     state = read_checkpoint(path)
     if isinstance(state, dict) and 'params' in state and isinstance(state['params'], dict):
         state = state['params']
     wanted = {f'features.{name}': tensor for name, tensor in features.state_dict().items()}
     missing = [key for key in wanted if key not in state]
     if missing:
-        raise ValueError(f'VGG weights {path} lack {len(missing)} tensors of the layers in use, e.g. {missing[:3]}: '
-                         'is it a torchvision VGG checkpoint of the same vgg_type?')
+        raise ValueError(f'{description} weights {path} lack {len(missing)} tensors of the layers in use, e.g. '
+                         f'{missing[:3]}: is it a torchvision {description} checkpoint of the same type?')
     wrong = [f'{key}: file {tuple(state[key].shape)} vs network {tuple(tensor.shape)}'
              for key, tensor in wanted.items() if tuple(state[key].shape) != tuple(tensor.shape)]
     if wrong:
-        raise ValueError(f'VGG weights {path} do not fit the {len(wrong)} tensors: ' + '; '.join(wrong[:3]))
+        raise ValueError(f'{description} weights {path} do not fit the {len(wrong)} tensors: ' + '; '.join(wrong[:3]))
     features.load_state_dict({key.removeprefix('features.'): state[key] for key in wanted}, strict=True)
 
 

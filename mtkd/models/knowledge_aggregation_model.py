@@ -21,6 +21,7 @@ from pydantic import Field
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from mtkd import precision
 from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import SROptions, TeacherOptions, register_model_options
 from mtkd.models.plain_sr_model import PlainSRModel
@@ -64,18 +65,23 @@ class KnowledgeAggregationModel(PlainSRModel):
         self.cached_teacher_outputs = data.get('teacher_outputs')  # (B, N, 3, sH, sW) from the cache, if used
 
     def compute_losses(self, loss_dict: OrderedDict) -> torch.Tensor:
-        cached = self.cached_teacher_outputs
-        self.teacher_stack = (cached.to(self.device).flatten(1, 2) if cached is not None
-                              else self.teachers.stacked(self.lq))
+        cached = self.cached_teacher_outputs  # float16 from the cache: widened on the device
+        if cached is not None:
+            self.teacher_stack = cached.to(self.device, non_blocking=True).float().flatten(1, 2)
+        else:  # fp32 teachers (amp_teachers: in the AMP dtype), rounded as the cache would store them
+            with self.frozen_precision():
+                self.teacher_stack = precision.round_like_cache(self.teachers.stacked(self.lq))
+        if self.opt.get('channels_last'):
+            self.teacher_stack = self.teacher_stack.contiguous(memory_format=torch.channels_last)
         self.output = self.net_g(self.teacher_stack)
-        loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+        loss_dict['l_pix'] = precision.fp32_loss(self.cri_pix, self.output, self.gt)
         return loss_dict['l_pix']
 
     def test(self):
         """MT of ``self.lq``; with ``val.self_ensemble`` the whole pipeline (teachers, then KA) runs on each of the 8
         rotated/mirrored inputs, the KA's input changing with the transform. Without it the teacher outputs are kept
         for :meth:`reference_outputs`."""
-        network = getattr(self, 'net_g_ema', self.net_g)
+        network = self.validation_network()
         self.validation_teacher_outputs = None
         if (self.opt.get('val') or {}).get('self_ensemble'):
             self.output = self.run_for_test(network, lambda images: network(self.teachers.stacked(images)))

@@ -168,15 +168,27 @@ def _haar_analysis(planes: torch.Tensor) -> torch.Tensor:
 
 def _outer_kernels(first: tuple[float, ...], second: tuple[float, ...], like: torch.Tensor,
                    reverse: bool) -> torch.Tensor:
-    """``(4, 1, F, F)`` separable kernels [lo⊗lo, hi⊗lo, lo⊗hi, hi⊗hi] (rows ⊗ columns) = [cA, cH, cV, cD]."""
-    low = torch.tensor(first, dtype=torch.float64)
-    high = torch.tensor(second, dtype=torch.float64)
-    if reverse:
-        # conv2d correlates; the transform convolves.
-        low, high = low.flip(0), high.flip(0)
-    kernels = torch.stack([torch.outer(low, low), torch.outer(high, low), torch.outer(low, high),
-                           torch.outer(high, high)])
-    return kernels.unsqueeze(1).to(dtype=like.dtype, device=like.device)
+    """``(4, 1, F, F)`` separable kernels [lo⊗lo, hi⊗lo, lo⊗hi, hi⊗hi] (rows ⊗ columns) = [cA, cH, cV, cD], on
+    ``like``'s device and dtype, made once per filter pair, device and dtype."""
+    if torch.compiler.is_compiling():
+        return _make_outer_kernels(first, second, like.device, like.dtype, reverse)
+    return _cached_outer_kernels(first, second, like.device, like.dtype, reverse)
+
+
+def _make_outer_kernels(first: tuple[float, ...], second: tuple[float, ...], device: torch.device,
+                        dtype: torch.dtype, reverse: bool) -> torch.Tensor:
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        low = torch.tensor(first, dtype=torch.float64)
+        high = torch.tensor(second, dtype=torch.float64)
+        if reverse:
+            # conv2d correlates; the transform convolves.
+            low, high = low.flip(0), high.flip(0)
+        kernels = torch.stack([torch.outer(low, low), torch.outer(high, low), torch.outer(low, high),
+                               torch.outer(high, high)])
+        return kernels.unsqueeze(1).to(dtype=dtype, device=device)
+
+
+_cached_outer_kernels = functools.lru_cache(maxsize=None)(_make_outer_kernels)
 
 
 def _analysis(planes: torch.Tensor, wavelet: str, mode: str) -> torch.Tensor:

@@ -21,9 +21,12 @@ Conventions (choices the papers leave open, documented in docs/dtkd.md):
   (``a1, a2, a3``) with centre 8. Its coefficients sum to ``8 - 8v (+ 8 a2 + 8 a3)``: only ``v = 1`` at 3x3 is
   a pure derivative; other orders keep a share of the intensity, as in the authors' operator.
 
-Input ``(B, 3, H, W)`` RGB; output ``(B, 1, H, W)``. Pure torch: imports nothing of mtkd.
+Input ``(B, 3, H, W)`` RGB; output ``(B, 1, H, W)``. Pure torch: imports nothing of mtkd. The luma weights and
+kernels are made once per device and dtype (:func:`_constant`), not copied from the host at every call.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +39,34 @@ def rgb_to_luma(images: torch.Tensor) -> torch.Tensor:
     """BT.601 luma ``(B, 1, H, W)`` of RGB images ``(B, 3, H, W)`` (same range as the input)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f'expected RGB images (B, 3, H, W), got {tuple(images.shape)}')
-    weights = images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+    weights = _constant('luma', images.device, images.dtype)
     return (images * weights).sum(dim=1, keepdim=True)
+
+
+def _constant(name: str, device: torch.device, dtype: torch.dtype, order: float = 0.0, size: int = 3) -> torch.Tensor:
+    """The luma weights ``(1, 3, 1, 1)`` or a ``(1, 1, k, k)`` kernel on ``device``, made once per device and dtype
+    (a copy from the host at every call would be a host-to-device transfer per loss evaluation)."""
+    if torch.compiler.is_compiling():  # traced: a constant of the graph, never cached
+        return _make_constant(name, device, dtype, order, size)
+    return _cached_constant(name, device, dtype, order, size)
+
+
+def _make_constant(name: str, device: torch.device, dtype: torch.dtype, order: float, size: int) -> torch.Tensor:
+    with torch.inference_mode(False):  # a cached inference tensor could not be saved for a later backward
+        if name == 'luma':
+            return torch.tensor(LUMA_WEIGHTS, dtype=dtype).view(1, 3, 1, 1).to(device)
+        kernels = {'sobel_x': SOBEL_X, 'sobel_y': SOBEL_X.t(), 'laplacian': LAPLACIAN}
+        kernel = kernels[name] if name in kernels else fractional_kernel(order, size)
+        return kernel.to(dtype)[None, None].contiguous().to(device)
+
+
+_cached_constant = functools.lru_cache(maxsize=None)(_make_constant)
 
 
 def _filter(luma: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     radius = kernel.shape[-1] // 2
     padded = F.pad(luma, (radius, radius, radius, radius), mode='replicate')
-    return F.conv2d(padded, kernel.to(luma)[None, None])
+    return F.conv2d(padded, kernel)
 
 
 SOBEL_X = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]])
@@ -75,12 +98,13 @@ def edge_map(images: torch.Tensor, operator: str = 'sobel', order: float = 0.5, 
     response of :func:`fractional_kernel` (``order``, ``kernel_size``).
     """
     luma = rgb_to_luma(images)
+    device, dtype = luma.device, luma.dtype
     if operator == 'sobel':
-        horizontal = _filter(luma, SOBEL_X)
-        vertical = _filter(luma, SOBEL_X.t())
+        horizontal = _filter(luma, _constant('sobel_x', device, dtype))
+        vertical = _filter(luma, _constant('sobel_y', device, dtype))
         return torch.sqrt(horizontal.square() + vertical.square() + eps)
     if operator == 'laplacian':
-        return _filter(luma, LAPLACIAN)
+        return _filter(luma, _constant('laplacian', device, dtype))
     if operator == 'fractional':
-        return _filter(luma, fractional_kernel(order, kernel_size))
+        return _filter(luma, _constant('fractional', device, dtype, float(order), int(kernel_size)))
     raise ValueError(f"unknown edge operator '{operator}'; choose one of {', '.join(OPERATORS)}")

@@ -10,9 +10,13 @@ equals ``cv2.cvtColor(bgr, COLOR_BGR2GRAY)`` bit for bit.
 
 ``image_entropy`` is vectorised (one ``bincount`` for the whole batch) and has no gradient (a histogram has
 none). Input ``(B, 3, H, W)`` RGB in [0, 1]; output ``(B,)`` or, with ``window_size``, ``(B, H // ws, W // ws)``
-(H and W must be multiples of ``window_size``). Pure torch: imports nothing of mtkd.
+(H and W must be multiples of ``window_size``). Pure torch: imports nothing of mtkd. No host synchronisation:
+the gray weights are made once per device, and the histogram is a fixed-size ``index_add_`` (``bincount`` reads
+the largest value back to the host on CUDA to size its output).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -27,8 +31,23 @@ def gray_levels(images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f'expected RGB images (B, 3, H, W), got {tuple(images.shape)}')
     quantized = (images.detach().float().clamp(0, 1) * 255).round().long()
-    weights = torch.tensor(GRAY_FIXED_POINT, device=images.device).view(1, 3, 1, 1)
+    weights = _gray_weights(images.device)
     return ((quantized * weights).sum(dim=1) + (1 << (GRAY_SHIFT - 1))) >> GRAY_SHIFT
+
+
+def _gray_weights(device: torch.device) -> torch.Tensor:
+    """OpenCV's fixed-point gray weights ``(1, 3, 1, 1)`` int64 on ``device``, made once per device."""
+    if torch.compiler.is_compiling():
+        return _make_gray_weights(device)
+    return _cached_gray_weights(device)
+
+
+def _make_gray_weights(device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor(GRAY_FIXED_POINT, dtype=torch.int64).view(1, 3, 1, 1).to(device)
+
+
+_cached_gray_weights = functools.lru_cache(maxsize=None)(_make_gray_weights)
 
 
 def image_entropy(images: torch.Tensor, window_size: int | None = None) -> torch.Tensor:
@@ -45,7 +64,9 @@ def image_entropy(images: torch.Tensor, window_size: int | None = None) -> torch
                   .reshape(batch * rows * cols, -1))
     num_groups, group_size = groups.shape
     offsets = torch.arange(num_groups, device=groups.device).unsqueeze(1) * NUM_LEVELS
-    counts = torch.bincount((groups + offsets).reshape(-1), minlength=num_groups * NUM_LEVELS)
+    flat = (groups + offsets).reshape(-1)
+    counts = torch.zeros(num_groups * NUM_LEVELS, dtype=torch.int64, device=groups.device)
+    counts.index_add_(0, flat, torch.ones_like(flat))  # levels are 0..255 by construction: the size is known
     probabilities = counts.reshape(num_groups, NUM_LEVELS).double() / group_size
     terms = torch.where(probabilities > 0, -probabilities * torch.log2(probabilities.clamp_min(1e-300)),
                         torch.zeros_like(probabilities))
