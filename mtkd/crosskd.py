@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mtkd.feature_taps import FeatureTaps, list_module_paths, unwrap_model
+from mtkd.feature_taps import FeatureTaps, list_module_paths, probe_forward, unwrap_model
 
 __all__ = ['OutputSplice', 'ChannelAdapter', 'CrossKDAdapters', 'CrossKD', 'feature_shape']
 
@@ -144,13 +144,7 @@ def feature_shape(model: nn.Module, path: str, sample_input: torch.Tensor) -> tu
     (the training flag is restored). Used to size the adapters at start-up."""
     bare = unwrap_model(model)
     with FeatureTaps(bare, [path]) as taps:
-        was_training = bare.training
-        try:
-            bare.eval()
-            with torch.no_grad():
-                bare(sample_input)
-        finally:
-            bare.train(was_training)
+        probe_forward(bare, sample_input)
         feature = taps.feature_list()[0]
     return tuple(feature.shape)
 

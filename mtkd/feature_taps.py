@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ['FeatureTaps', 'list_module_paths', 'describe_module_paths', 'unwrap_model']
+__all__ = ['FeatureTaps', 'list_module_paths', 'describe_module_paths', 'probe_forward', 'unwrap_model']
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -56,6 +56,18 @@ def list_module_paths(model: nn.Module, max_depth: int | None = None) -> list[st
             if name and (max_depth is None or name.count('.') + 1 <= max_depth)]
 
 
+def probe_forward(model: nn.Module, sample_input: torch.Tensor):
+    """One forward of ``model`` in eval mode under ``torch.no_grad()`` (its training flag restored after), to record
+    what hooks see; returns the output."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(sample_input)
+    finally:
+        model.train(was_training)
+
+
 def describe_module_paths(model: nn.Module, sample_input: torch.Tensor | None = None,
                           max_depth: int | None = None) -> str:
     """A printable table of candidate tap paths: path, module class and, given ``sample_input``, output shape.
@@ -78,13 +90,9 @@ def describe_module_paths(model: nn.Module, sample_input: torch.Tensor | None = 
 
         for path in paths:
             handles.append(bare.get_submodule(path).register_forward_hook(recorder(path)))
-        was_training = bare.training
         try:
-            bare.eval()
-            with torch.no_grad():
-                bare(sample_input)
+            probe_forward(bare, sample_input)
         finally:
-            bare.train(was_training)
             for handle in handles:
                 handle.remove()
     width = max((len(path) for path in paths), default=4)

@@ -77,6 +77,7 @@ class TeacherSpec:
     pad inputs at the bottom/right to a multiple (window-attention teachers such as SwinIR) and crop the
     output back, :func:`mtkd.transforms.padding.run_padded`. ``self_ensemble``: the teacher's output is the mean of
     its 8 rotated/mirrored runs (:func:`mtkd.transforms.self_ensemble.self_ensemble`, EDSR's "+"), 8x its cost.
+    ``weights_sha256``: the weights file's expected sha256, checked before it is loaded (committed weights).
     """
     name: str
     network: dict = field(hash=False)
@@ -87,6 +88,7 @@ class TeacherSpec:
     pad_multiple: int | None = None
     pad_mode: str = 'symmetric'
     self_ensemble: bool = False
+    weights_sha256: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
@@ -106,6 +108,9 @@ class TeacherSpec:
                              f'got {self.pad_multiple!r}')
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"teacher '{self.name}': pad_mode {self.pad_mode!r} is not one of {PAD_MODES}")
+        if self.weights_sha256 is not None and not re.fullmatch(r'[0-9a-f]{64}', str(self.weights_sha256)):
+            raise ValueError(f"teacher '{self.name}': weights_sha256 must be 64 lower-case hex digits, got "
+                             f'{self.weights_sha256!r}')
         if not isinstance(self.self_ensemble, bool):
             raise ValueError(f"teacher '{self.name}': self_ensemble must be true or false, got {self.self_ensemble!r}")
 
@@ -425,10 +430,16 @@ class TeacherEnsemble:
             self.logger.warning(f"teacher '{spec.name}' ({spec.network['type']}): {where}; RANDOM weights "
                                 '(allow_random_weights=True): its outputs mean nothing.')
             return None
+        sha256 = file_sha256(spec.weights)
+        if spec.weights_sha256 is not None and sha256 != spec.weights_sha256:
+            raise TeacherWeightsError(f"teacher '{spec.name}': {spec.weights} has sha256 {sha256}, not the "
+                                      f'{spec.weights_sha256} the option file expects: the file was changed or '
+                                      'replaced. Restore it (git checkout / the download), or retrain it with its '
+                                      'option file and update weights_sha256.')
         load_weights(network, spec.weights, param_key=spec.param_key, strict=spec.strict_load,
                      key_format=spec.key_format, logger=self.logger)
         self.logger.info(f"teacher '{spec.name}': loaded {spec.network['type']} from {spec.weights}")
-        return file_sha256(spec.weights)
+        return sha256
 
     # ---- description ---------------------------------------------------------------------------------
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -57,6 +58,24 @@ def load_script(name: str):
     return module
 
 
+def write_photo_pairs(root, names=('astronaut', 'chelsea', 'coffee', 'rocket'), hr_size=64, scale=2, top=100):
+    """``root/HR/<name>.png`` (the ``hr_size`` crop at ``(top, top)`` of a scikit-image photo) and ``root/LR/<name>.png`` (OpenCV's area
+    downscale by ``scale``): a tiny paired training set. Returns ``root``."""
+    import cv2
+    import numpy as np
+    from skimage import data as skimage_data
+
+    for folder in ('HR', 'LR'):
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+    for name in names:
+        hr = cv2.cvtColor(np.ascontiguousarray(getattr(skimage_data, name)()[top:top + hr_size, top:top + hr_size]),
+                          cv2.COLOR_RGB2BGR)
+        cv2.imwrite(os.path.join(root, 'HR', f'{name}.png'), hr)
+        cv2.imwrite(os.path.join(root, 'LR', f'{name}.png'),
+                    cv2.resize(hr, (hr_size // scale, hr_size // scale), interpolation=cv2.INTER_AREA))
+    return root
+
+
 def _shared_file_absent(path: str, shared_path: str | None) -> None:
     """Skip, or with ``MTKD_REQUIRE_SHARED=1`` fail, for a file ../shared should provide."""
     relative = os.path.relpath(path, REPO_ROOT)
@@ -92,6 +111,20 @@ def official_weight(file_name: str) -> str:
                         f'{weights_hint(path, REPO_ROOT)}')
         _shared_file_absent(path, os.path.join(SHARED_ROOT, 'weights', file_name))
     return path
+
+
+def pytest_sessionstart(session):
+    """Empty mtkd's lru_caches (DWT kernels, gray weights, edge kernels, DCT matrices) when a session starts.
+
+    ``make mutation`` (mutmut, scripts/mutation.py) runs each mutant in a fork of the process that ran the tests
+    unmutated: caches filled there would hide the mutants of the functions that fill them. A no-op otherwise."""
+    if not os.environ.get('MUTANT_UNDER_TEST'):
+        return
+    for name, module in list(sys.modules.items()):
+        if name == 'mtkd' or name.startswith('mtkd.'):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, 'cache_clear', None)) and hasattr(value, 'cache_info'):
+                    value.cache_clear()
 
 
 def pytest_report_header(config):

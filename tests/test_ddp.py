@@ -8,14 +8,11 @@ import signal
 import subprocess
 import sys
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import yaml
-from skimage import data as skimage_data
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_photo_pairs
 
 LAUNCHER = """import sys
 sys.path.insert(0, {repo!r})
@@ -40,13 +37,7 @@ torch.save({{'state': state, 'wrapped': wrapped, 'teachers_wrapped': teachers_wr
 
 
 def test_two_cpu_processes_with_gloo_end_with_identical_student_weights(tmp_path):
-    root = tmp_path / 'data'
-    (root / 'HR').mkdir(parents=True)
-    (root / 'LR').mkdir(parents=True)
-    for name in ('astronaut', 'chelsea', 'coffee', 'rocket'):
-        hr = cv2.cvtColor(np.ascontiguousarray(getattr(skimage_data, name)()[100:164, 100:164]), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(root / 'HR' / f'{name}.png'), hr)
-        cv2.imwrite(str(root / 'LR' / f'{name}.png'), cv2.resize(hr, (32, 32), interpolation=cv2.INTER_AREA))
+    root = write_photo_pairs(tmp_path / 'data', ('astronaut', 'chelsea', 'coffee', 'rocket'))
     teacher = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 4, 'num_block': 1, 'upscale': 2}
     from basicsr.archs import build_network
 
@@ -172,25 +163,13 @@ finally:
 '''
 
 
-def _write_pairs(folder, names, box):
-    (folder / 'HR').mkdir(parents=True)
-    (folder / 'LR').mkdir(parents=True)
-    for name in names:
-        top, size = box
-        hr = cv2.cvtColor(np.ascontiguousarray(getattr(skimage_data, name)()[top:top + size, top:top + size]),
-                          cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(folder / 'HR' / f'{name}.png'), hr)
-        cv2.imwrite(str(folder / 'LR' / f'{name}.png'), cv2.resize(hr, (size // 2, size // 2),
-                                                                   interpolation=cv2.INTER_AREA))
-
-
 @pytest.fixture(scope='module')
 def gpu_path_job(tmp_path_factory):
     """KD from a teacher-output cache built at start, accumulate 2, validation at iteration 2 on 3 images; rank 1
     alone gets a NaN loss at iteration 1 and Ctrl-C at iteration 3. Returns both ranks' records and the output."""
     root = tmp_path_factory.mktemp('gpu_path')
-    _write_pairs(root / 'train', ('astronaut', 'chelsea', 'coffee', 'rocket'), (100, 64))
-    _write_pairs(root / 'val', ('astronaut', 'chelsea', 'coffee'), (20, 24))
+    write_photo_pairs(root / 'train', ('astronaut', 'chelsea', 'coffee', 'rocket'), hr_size=64, top=100)
+    write_photo_pairs(root / 'val', ('astronaut', 'chelsea', 'coffee'), hr_size=24, top=20)
     teacher = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 4, 'num_block': 1, 'upscale': 2}
     from basicsr.archs import build_network
 

@@ -6,7 +6,6 @@ import glob
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 import yaml

@@ -24,7 +24,7 @@ import basicsr.train as basicsr_train
 from basicsr.archs import build_network
 
 from mtkd.config import OptionError, validate_options
-from mtkd.config.cli import apply_overrides, init_distributed, load_option_file, resolve_num_gpu, run_pipeline
+from mtkd.config.cli import init_distributed, load_option_file, resolve_num_gpu, run_pipeline
 from mtkd.errors import TRACEBACK_VARIABLE, MtkdError
 
 from conftest import REPO_ROOT, load_script

@@ -9,16 +9,14 @@ import subprocess
 import sys
 import time
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
-from skimage import data as skimage_data
 
 from mtkd.resume import restore_rng_states, rng_states
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_photo_pairs
 
 SCALE = 2
 LAUNCHER = """import sys
@@ -32,13 +30,7 @@ run_pipeline(train_pipeline, {root!r})
 
 @pytest.fixture
 def workspace(tmp_path):
-    root = tmp_path / 'datasets' / 'Tiny'
-    (root / 'HR').mkdir(parents=True)
-    (root / 'LR').mkdir(parents=True)
-    for name in ('astronaut', 'chelsea', 'coffee'):
-        hr = cv2.cvtColor(np.ascontiguousarray(getattr(skimage_data, name)()[100:164, 100:164]), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(root / 'HR' / f'{name}.png'), hr)
-        cv2.imwrite(str(root / 'LR' / f'{name}.png'), cv2.resize(hr, (32, 32), interpolation=cv2.INTER_AREA))
+    write_photo_pairs(tmp_path / 'datasets' / 'Tiny', ('astronaut', 'chelsea', 'coffee'))
     (tmp_path / 'launch.py').write_text(LAUNCHER.format(repo=REPO_ROOT, root=str(tmp_path)))
     return tmp_path
 

@@ -6,15 +6,12 @@ import os
 import subprocess
 import sys
 
-import cv2
-import numpy as np
 import torch
 import yaml
-from skimage import data as skimage_data
 
 from mtkd.resume import rank_rng_states
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_photo_pairs
 
 LAUNCHER = """import sys
 sys.path.insert(0, {repo!r})
@@ -40,13 +37,7 @@ run_pipeline(basicsr.train.train_pipeline, {root!r})
 
 
 def test_each_rank_saves_its_own_stream_and_a_smaller_job_resumes(tmp_path):
-    root = tmp_path / 'data'
-    (root / 'HR').mkdir(parents=True)
-    (root / 'LR').mkdir(parents=True)
-    for name in ('astronaut', 'chelsea', 'coffee', 'rocket'):
-        hr = cv2.cvtColor(np.ascontiguousarray(getattr(skimage_data, name)()[100:164, 100:164]), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(root / 'HR' / f'{name}.png'), hr)
-        cv2.imwrite(str(root / 'LR' / f'{name}.png'), cv2.resize(hr, (32, 32), interpolation=cv2.INTER_AREA))
+    root = write_photo_pairs(tmp_path / 'data', ('astronaut', 'chelsea', 'coffee', 'rocket'))
     options = {
         'name': 'ddp_rng', 'model_type': 'PlainSRModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 5,
         'datasets': {'train': {'name': 'Tiny', 'type': 'PairedImageDataset', 'dataroot_gt': str(root / 'HR'),

@@ -168,6 +168,21 @@ def test_missing_weights_name_the_teacher(specs, tmp_path, caplog):
     assert ensemble.forward(torch.rand(1, 3, 6, 6))[1].shape == (1, 3, 12, 12)
 
 
+def test_expected_weights_sha256_is_checked_before_loading(specs):
+    from mtkd.fileio import file_sha256
+
+    good = dataclasses.replace(specs[0], weights_sha256=file_sha256(specs[0].weights))
+    reference = TeacherEnsemble(specs[:1], SCALE)
+    checked = TeacherEnsemble([good], SCALE)
+    lq = torch.rand(1, 3, 6, 6)
+    assert torch.equal(checked(lq)[0], reference(lq)[0])
+    wrong = dataclasses.replace(specs[0], weights_sha256='0' * 64)
+    with pytest.raises(TeacherWeightsError, match=r"has sha256 [0-9a-f]{64}, not the 0{64} the option file expects"):
+        TeacherEnsemble([wrong], SCALE)
+    with pytest.raises(ValueError, match='64 lower-case hex digits'):
+        dataclasses.replace(specs[0], weights_sha256='abc')
+
+
 def test_option_errors(specs):
     entry = {'name': 'a', 'network': IMDN_NETWORK, 'weights': specs[0].weights}
     assert teacher_specs_from_options([entry])[0] == TeacherSpec('a', IMDN_NETWORK, specs[0].weights)

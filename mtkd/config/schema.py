@@ -136,6 +136,8 @@ class TeacherOptions(StrictBlock):
     pad_mode: Literal['symmetric', 'reflect', 'replicate'] = 'symmetric'
     self_ensemble: bool = Field(default=False, description='use the mean of the 8 rotated/mirrored runs of the '
                                 'teacher (EDSR\'s "+", 8x the cost; cached outputs are computed once)')
+    weights_sha256: str | None = Field(default=None, pattern=r'^[0-9a-f]{64}$', description='the weights file\'s '
+                                       'sha256, checked before the teacher is loaded (e.g. committed demo teachers)')
 
 
 class TrainOptions(StrictBlock):
