@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 SHARED ?= $(abspath ..)/shared
 PYTEST_WORKERS ?= 2
 
-.PHONY: install link-shared prepare-train291 test demo reproduce clean
+.PHONY: install link-shared prepare-train291 test demo reproduce mutation clean
 
 $(VENV)/.installed: requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -36,14 +36,27 @@ test: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MTKD_SHARED=$(SHARED) MTKD_REQUIRE_SHARED=$(if $(wildcard $(SHARED)),1,0) \
 		$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
-# The whole MTKD pipeline on embedded data (no download): three teachers, stage 1, stage 2, the student alone,
-# one table and results/demo/comparison.png (docs/demo.md). DEMO_QUICK=1: a few iterations per training.
+# The whole MTKD pipeline on embedded data (no download): the three committed teachers (pretrained/demo/), stage 1,
+# stage 2, the student alone, one table, the claims and results/demo/comparison.png (docs/demo.md).
+# DEMO_QUICK=1: the students at a fifth of their iterations; DEMO_TRAIN_TEACHERS=1: retrain the teachers first.
 demo: install
 	$(PY) scripts/demo.py
 
 # Re-measure the README's reproduction table (about 10 minutes on 2 CPU cores).
 reproduce: install link-shared
 	bash scripts/reproduce_official.sh
+
+# Mutation testing of the formula modules (docs/testing.md, "Mutation testing"; not part of `make test` or CI):
+# installs the pinned mutmut (requirements-mutation.txt) into .venv, then runs scripts/mutation.py, one process at nice 19, work folders
+# outside the repository ($(MUTATION_DIR)). MUTATION_ARGS="--groups dukd losses" for some groups, "--baseline"
+# for the scores without tests/test_mutation_survivors.py, "--show" for the diffs of the mutants left.
+MUTMUT_VERSION := 3.8.1
+MUTATION_DIR ?= /tmp/mtkd-mutation
+MUTATION_ARGS ?=
+mutation: install
+	@$(PY) -m pip show mutmut 2>/dev/null | grep -q '^Version: $(MUTMUT_VERSION)$$' || \
+		$(PIP) install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 19 $(PY) scripts/mutation.py --work-dir $(MUTATION_DIR) $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) results experiments tb_logger .pytest_cache

@@ -3,7 +3,8 @@
 Stages, each an ordinary option file under ``options/demo/`` run through BasicSR's entry points exactly as a user
 would (``python mtkd/train.py -opt ...`` / ``python mtkd/test.py -opt ...``):
 
-1. three small teachers of different families (EDSR, RFDN: CNNs; SwinIR: a transformer), trained briefly;
+1. three small teachers of different families (EDSR, RFDN: CNNs; SwinIR: a transformer): their committed weights
+   (``pretrained/demo/``, sha256 checked at load), or trained from scratch with ``train_teachers``;
 2. MTKD stage 1: the DCTSwin knowledge-aggregation network fuses their outputs into ``MT`` (Eq. 1);
 3. test: each teacher, the teacher average and MT on the validation split;
 4. MTKD stage 2: a small student distilled from MT with the wavelet loss (Eq. 2-4), and the same student alone;
@@ -13,7 +14,8 @@ would (``python mtkd/train.py -opt ...`` / ``python mtkd/test.py -opt ...``):
 Everything is written under a root folder (the repository by default): ``datasets/demo`` (the data, kept between
 runs), ``experiments/<name>``, ``results/<name>`` and ``results/demo`` (table, figure, stage logs). Every run
 starts clean: the demo's own experiments and results (and BasicSR's ``*_archived_*`` copies of them) are deleted
-first, nothing else. ``quick`` cuts every training to a handful of iterations (``--force_yml``) to check the chain.
+first, nothing else. ``quick`` cuts every training to a fraction of its iterations (``--force_yml``,
+:data:`QUICK_STAGE_ITERATIONS`).
 
 Stages run as subprocesses (``mode='subprocess'``; the exact command is printed) or inside this process
 (``mode='in-process'``: :func:`mtkd.config.cli.run_pipeline`, what ``mtkd/train.py`` calls, on the same option
@@ -42,8 +44,13 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 OPTIONS_DIR = 'options/demo'
 RESULTS_NAME = 'demo'  # results/demo: table, figure, logs
 VALIDATION_SET = 'demo_val'
-#: Iterations of every training in quick mode (a smoke run of the whole chain).
+#: Iterations of each training in quick mode (``--quick``, the tests): the shortest run that still shows both
+#: claims of the full demo. Stage 1 keeps its whole schedule (``None``): MT passes the best teacher only after the
+#: learning-rate steps (measured: 34.350 dB at 400 iterations with steps, EDSR 34.362); the two students run a
+#: fifth of theirs (the MTKD student leads early); the teachers (only with ``train_teachers``) a handful.
 QUICK_ITERATIONS = 4
+QUICK_STAGE_ITERATIONS: dict[str, int | None] = {'demo_stage1_ka': None, 'demo_stage2_mtkd': 300,
+                                                 'demo_student_alone': 300}
 
 # Run a BasicSR pipeline with another root than the repository (what mtkd/train.py does with its own root).
 _LAUNCHER = ('import sys; import mtkd; from mtkd.config.cli import run_pipeline; import importlib; '
@@ -68,10 +75,17 @@ class DemoStage:
         return read_option_file(self.option_file)['name']
 
 
-STAGES = (
+#: The teachers' training: run only with ``train_teachers`` (``DEMO_TRAIN_TEACHERS=1``); otherwise the demo uses
+#: their committed weights (:data:`TEACHER_WEIGHTS_DIR`), which these files reproduce.
+TEACHER_STAGES = (
     DemoStage('teacher 1/3: EDSR (CNN)', 'train', f'{OPTIONS_DIR}/demo_teacher_edsr_x2.yml'),
     DemoStage('teacher 2/3: RFDN (CNN)', 'train', f'{OPTIONS_DIR}/demo_teacher_rfdn_x2.yml'),
     DemoStage('teacher 3/3: SwinIR (transformer)', 'train', f'{OPTIONS_DIR}/demo_teacher_swinir_x2.yml'),
+)
+#: Where the committed teacher weights are (``pretrained/demo/<teacher option file's name>.pth``), each checked
+#: against the ``weights_sha256`` of the option files that use it.
+TEACHER_WEIGHTS_DIR = 'pretrained/demo'
+STAGES = TEACHER_STAGES + (
     DemoStage('stage 1: knowledge aggregation (DCTSwin)', 'train', f'{OPTIONS_DIR}/demo_stage1_ka_x2.yml'),
     DemoStage('test: teachers, teacher average, MT', 'test', f'{OPTIONS_DIR}/test_demo_ka_x2.yml'),
     DemoStage('stage 2: MTKD student', 'train', f'{OPTIONS_DIR}/demo_stage2_mtkd_x2.yml'),
@@ -124,6 +138,56 @@ def quick_overrides_for(option_file: str, iterations: int = QUICK_ITERATIONS) ->
     warmup = (read_option_file(option_file).get('train') or {}).get('warmup_iter', -1)
     extra = [f'train:warmup_iter={min(warmup, iterations - 1)}'] if warmup >= iterations else []
     return quick_overrides(iterations) + extra
+
+
+def teacher_weights_overrides(option_file: str, root: str, train_teachers: bool) -> list[str]:
+    """``--force_yml`` entries for the ``teachers:`` of ``option_file``: with ``train_teachers``, the weights the
+    teacher stages of this run wrote (``experiments/<teacher>/models/net_g_latest.pth``, no sha256 check); else,
+    when the demo runs under another root, the committed weights by their absolute path (they live in the
+    repository, not under ``root``). Nothing for a file without teachers."""
+    overrides = []
+    for index, teacher in enumerate(read_option_file(option_file).get('teachers') or []):
+        if train_teachers:
+            experiment = os.path.splitext(os.path.basename(teacher['weights']))[0]
+            overrides += [f'teachers:{index}:weights=experiments/{experiment}/models/net_g_latest.pth',
+                          f'teachers:{index}:weights_sha256=null']
+        elif os.path.realpath(root) != os.path.realpath(REPO_ROOT):
+            overrides.append(f"teachers:{index}:weights={os.path.join(REPO_ROOT, teacher['weights'])}")
+    return overrides
+
+
+def export_teachers(root: str = REPO_ROOT, echo=print, repo_root: str = REPO_ROOT) -> dict[str, str]:
+    """Copy the teacher weights a ``train_teachers`` run wrote under ``root`` to :data:`TEACHER_WEIGHTS_DIR` of
+    ``repo_root`` (only ``params``, atomically) and write each file's new sha256 into every demo option file of
+    ``repo_root`` that names it (the ``weights_sha256:`` line under its ``weights:`` line). Returns
+    ``file -> sha256``."""
+    import re
+
+    import torch
+
+    from mtkd.fileio import atomic_torch_save, atomic_write, file_sha256
+
+    written = {}
+    for stage in TEACHER_STAGES:
+        source = os.path.join(root, 'experiments', stage.name, 'models', 'net_g_latest.pth')
+        if not os.path.isfile(source):
+            raise DemoError(f'{source} not found: train the teachers first (python scripts/demo.py --train-teachers)')
+        target = os.path.join(repo_root, TEACHER_WEIGHTS_DIR, f'{stage.name}.pth')
+        params = torch.load(source, map_location='cpu', weights_only=True)['params']
+        atomic_torch_save({'params': params}, target)
+        written[f'{TEACHER_WEIGHTS_DIR}/{stage.name}.pth'] = file_sha256(target)
+    for option_file in sorted(glob.glob(os.path.join(repo_root, OPTIONS_DIR, '*.yml'))):
+        with open(option_file, encoding='utf-8') as handle:
+            text = handle.read()
+        updated = text
+        for path, sha256 in written.items():
+            updated = re.sub(rf'(weights: {re.escape(path)}\n\s*weights_sha256: )[0-9a-f]{{64}}', rf'\g<1>{sha256}',
+                             updated)
+        if updated != text:
+            atomic_write(option_file, lambda handle, data=updated.encode('utf-8'): handle.write(data))
+    for path, sha256 in written.items():
+        echo(f'{path}  sha256 {sha256}')
+    return written
 
 
 def stage_command(stage: DemoStage, overrides: list[str], python: str = 'python') -> list[str]:
@@ -267,6 +331,14 @@ def collect_rows(root: str, bicubic: dict[str, tuple[float, float]]) -> list[tup
     return rows
 
 
+def best_teacher_name(rows: list[tuple[str, int | None, float, float]]) -> str:
+    """The ``teachers:`` name of the teacher with the highest PSNR in the table."""
+    labels = {label: name for name, label in TEACHER_LABELS.items()}
+    scored = [(psnr, labels.get(label, label.removeprefix('Teacher '))) for label, _, psnr, _ in rows
+              if label.startswith('Teacher ') and label != 'Teacher average']
+    return max(scored)[1]
+
+
 def format_table(rows: list[tuple[str, int | None, float, float]], scale: int) -> str:
     """Markdown: ``| Method | Parameters | PSNR (dB) | SSIM |`` on the demo validation set."""
     lines = [f'| Method (x{scale}, demo validation set) | Parameters | PSNR (dB) | SSIM |', '|---|---:|---:|---:|']
@@ -274,6 +346,29 @@ def format_table(rows: list[tuple[str, int | None, float, float]], scale: int) -
         count = '-' if parameters is None else f'{parameters / 1e3:.1f}k'
         lines.append(f'| {label} | {count} | {psnr:.3f} | {ssim:.4f} |')
     return '\n'.join(lines)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of MTKD's claims, checked on the table: ``held`` and the numbers behind it."""
+    text: str
+    held: bool
+    detail: str
+
+
+def check_claims(rows: list[tuple[str, int | None, float, float]]) -> list[Claim]:
+    """MTKD's two claims on the demo's validation set (Y-PSNR): the aggregated MT is above every teacher (not only
+    their average), and the MTKD student is above the same student trained alone."""
+    psnr = {label: value for label, _, value, _ in rows}
+    teachers = {label: value for label, value in psnr.items() if label.startswith('Teacher ') and
+                label != 'Teacher average'}
+    best = max(teachers, key=teachers.get)
+    mt, mtkd, alone = psnr['MT (stage 1, DCTSwin)'], psnr['MTKD student (stage 2)'], psnr['Student alone']
+    return [Claim('MT (stage 1) above every teacher', mt > teachers[best],
+                  f'MT {mt:.3f} dB, best teacher {best.removeprefix("Teacher ")} {teachers[best]:.3f} dB, '
+                  f'{mt - teachers[best]:+.3f} dB'),
+            Claim('MTKD student above the student alone', mtkd > alone,
+                  f'{mtkd:.3f} vs {alone:.3f} dB, {mtkd - alone:+.3f} dB')]
 
 
 def format_timings(timings: list[StageTiming]) -> str:
@@ -303,28 +398,38 @@ class _Clock:
         return StageTiming(title, time.perf_counter() - self.wall, self._cpu() - self.cpu, command)
 
 
-def make_figure(root: str, data_dir: str, bicubic_dir: str, output_path: str, scale: int) -> str:
-    """The comparison figure of :data:`mtkd.demo_data.FIGURE_CROP`: HR, bicubic, MT, student alone, MTKD student."""
+def make_figure(root: str, data_dir: str, bicubic_dir: str, output_path: str, scale: int,
+                best_teacher: str | None = None) -> str:
+    """The comparison figure of :data:`mtkd.demo_data.FIGURE_CROP`: HR, bicubic, the best teacher (``best_teacher``,
+    its ``teachers:`` name), MT, student alone, MTKD student."""
     from mtkd.demo_data import FIGURE_CROP
-    from mtkd.figures import find_result_image, make_comparison_figure
+    from mtkd.figures import make_comparison_figure
 
     image, box = FIGURE_CROP
 
-    def saved(option_file: str) -> str:
-        name = read_option_file(f'{OPTIONS_DIR}/{option_file}')['name']
-        return find_result_image(os.path.join(root, 'results', name, 'visualization', VALIDATION_SET), image)
+    def saved(option_file: str, label: str = '') -> str:
+        options = read_option_file(f'{OPTIONS_DIR}/{option_file}')
+        suffix = (options.get('val') or {}).get('suffix') or options['name']
+        return os.path.join(root, 'results', options['name'], 'visualization', VALIDATION_SET,
+                            f"{image}_{suffix}{'_' + label if label else ''}.png")
 
-    methods = {'Bicubic': os.path.join(bicubic_dir, f'{image}_bicubic.png'),
-               'MT (stage 1)': saved('test_demo_ka_x2.yml'), 'Student alone': saved('test_demo_student_alone_x2.yml'),
-               'MTKD student': saved('test_demo_mtkd_x2.yml')}
+    methods = {'Bicubic': os.path.join(bicubic_dir, f'{image}_bicubic.png')}
+    if best_teacher:
+        label = TEACHER_LABELS.get(best_teacher, best_teacher).removeprefix('Teacher ').split(' (')[0]
+        methods[f'Best teacher ({label})'] = saved('test_demo_ka_x2.yml', f'teacher_{best_teacher}')
+    methods.update({'MT (stage 1)': saved('test_demo_ka_x2.yml'),
+                    'Student alone': saved('test_demo_student_alone_x2.yml'),
+                    'MTKD student': saved('test_demo_mtkd_x2.yml')})
     make_comparison_figure(os.path.join(data_dir, 'val', 'HR', f'{image}.png'), methods, box, scale, output_path,
                            panel_height=192)
     return output_path
 
 
 def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess', threads: int | None = None,
-             echo=print) -> DemoResult:
-    """Run every stage under ``root``, print progress, the table and the timings; return the result."""
+             echo=print, train_teachers: bool = False) -> DemoResult:
+    """Run every stage under ``root``, print progress, the table, the claims and the timings; return the result.
+
+    The teachers' committed weights are used unless ``train_teachers`` (then their three stages run first)."""
     from mtkd.demo_data import SCALE, prepare_demo_data
 
     root = os.path.abspath(root)
@@ -339,10 +444,17 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
     timings.append(clock.timing('data: crops of skimage photos, LR x2', 'python scripts/make_demo_data.py'))
     echo(f'[data] {data_dir} ({"made" if built else "already complete"}, {timings[-1].seconds:.1f} s)')
 
-    for index, stage in enumerate(STAGES, 1):
-        overrides = quick_overrides_for(stage.option_file) if quick and stage.entry == 'train' else []
+    stages = STAGES if train_teachers else STAGES[len(TEACHER_STAGES):]
+    if not train_teachers:
+        echo(f'[teachers] committed weights in {TEACHER_WEIGHTS_DIR}/ (sha256 checked; DEMO_TRAIN_TEACHERS=1 retrains '
+             'them)')
+    for index, stage in enumerate(stages, 1):
+        iterations = QUICK_STAGE_ITERATIONS.get(stage.name, QUICK_ITERATIONS)
+        overrides = (quick_overrides_for(stage.option_file, iterations)
+                     if quick and stage.entry == 'train' and iterations else [])
+        overrides += teacher_weights_overrides(stage.option_file, root, train_teachers)
         command = shlex.join(stage_command(stage, overrides))
-        echo(f'[{index}/{len(STAGES)}] {stage.title}\n      $ {command}')
+        echo(f'[{index}/{len(stages)}] {stage.title}\n      $ {command}')
         log_path = os.path.join(results_dir, 'logs', f'{index:02d}_{stage.name}.log')
         clock = _Clock()
         run_stage(stage, root, overrides, log_path, mode, threads)
@@ -354,29 +466,37 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
     rows = collect_rows(root, bicubic)
     table = format_table(rows, SCALE)
     figure_path = make_figure(root, data_dir, os.path.join(results_dir, 'bicubic'),
-                              os.path.join(results_dir, 'comparison.png'), SCALE)
+                              os.path.join(results_dir, 'comparison.png'), SCALE, best_teacher_name(rows))
     timings.append(clock.timing('bicubic, table and figure'))
 
     result = DemoResult(rows, table, figure_path, timings)
     with open(os.path.join(results_dir, 'table.md'), 'w', encoding='utf-8') as handle:
         handle.write(table + '\n')
-    summary = {'quick': quick, 'mode': mode, 'rows': [dict(zip(('label', 'parameters', 'psnr', 'ssim'), row))
-                                                      for row in rows],
+    summary = {'quick': quick, 'mode': mode, 'train_teachers': train_teachers,
+               'rows': [dict(zip(('label', 'parameters', 'psnr', 'ssim'), row)) for row in rows],
                'timings': [{'title': t.title, 'seconds': t.seconds, 'cpu_seconds': t.cpu_seconds, 'command': t.command}
                            for t in timings]}
+    claims = check_claims(rows)
+    summary['claims'] = [{'claim': claim.text, 'held': claim.held, 'detail': claim.detail} for claim in claims]
     with open(os.path.join(results_dir, 'summary.json'), 'w', encoding='utf-8') as handle:
         json.dump(summary, handle, indent=2)
     echo('\n' + table + '\n')
+    for claim in claims:
+        echo(f"claim: {claim.text}: {'HELD' if claim.held else 'NOT HELD'} ({claim.detail})")
+    echo('')
     echo(f'Figure: {figure_path}   (table: {os.path.join(results_dir, "table.md")}, logs: '
          f'{os.path.join(results_dir, "logs")})\n')
     echo('Time per stage (wall clock and CPU):\n' + format_timings(timings))
     if quick:
-        echo('\nQUICK mode: every training ran a handful of iterations; the numbers only show that the chain works.')
+        shortened = ', '.join(f'{name} {count}' for name, count in QUICK_STAGE_ITERATIONS.items() if count)
+        echo(f'\nQUICK mode: trainings shortened to {shortened} iterations; the full demo trains longer.')
     if not all(math.isfinite(value) for row in rows for value in row[2:]):
         raise DemoError('a metric in the table is not finite; see the logs')
     return result
 
 
-__all__ = ['DemoError', 'DemoResult', 'DemoStage', 'QUICK_ITERATIONS', 'STAGES', 'StageTiming', 'bicubic_images',
+__all__ = ['Claim', 'DemoError', 'DemoResult', 'DemoStage', 'QUICK_ITERATIONS', 'QUICK_STAGE_ITERATIONS', 'STAGES', 'StageTiming',
+           'TEACHER_STAGES', 'bicubic_images', 'best_teacher_name', 'check_claims', 'export_teachers',
+           'teacher_weights_overrides',
            'clean_previous_run', 'collect_rows', 'format_table', 'make_figure', 'quick_overrides', 'quick_overrides_for',
            'run_demo', 'run_stage', 'stage_command']

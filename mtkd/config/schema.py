@@ -163,6 +163,9 @@ class ValOptions(StrictBlock):
     """``val``: validation during training and the metrics of ``mtkd/test.py``."""
     val_freq: int = Field(default=5000, ge=1)
     save_img: bool = False
+    save_other_outputs: bool = Field(default=False, description='with save_img: also save the other scored images '
+                                     '(each teacher, the teacher average, the distillation target) as '
+                                     '<image>_<suffix>_<label>.png')
     suffix: str | None = None
     pbar: bool = False
     metrics: dict[str, MetricOptions] | None = None

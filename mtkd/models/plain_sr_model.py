@@ -453,6 +453,8 @@ class PlainSRModel(SRModel):
                 sr_image = tensor2img([output.detach().cpu()])
                 if save_img and label == 'result':
                     self._save_validation_image(sr_image, image_name, dataset_name, current_iter)
+                elif save_img and self.opt['val'].get('save_other_outputs'):  # teachers, their average, targets
+                    self._save_validation_image(sr_image, image_name, dataset_name, current_iter, label)
                 if metric_options and gt_image is not None:
                     values = {name: float(calculate_metric({'img': sr_image, 'img2': gt_image}, dict(option)))
                               for name, option in metric_options.items()}
