@@ -495,8 +495,7 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
     return result
 
 
-__all__ = ['Claim', 'DemoError', 'DemoResult', 'DemoStage', 'QUICK_ITERATIONS', 'QUICK_STAGE_ITERATIONS', 'STAGES', 'StageTiming',
-           'TEACHER_STAGES', 'bicubic_images', 'best_teacher_name', 'check_claims', 'export_teachers',
-           'teacher_weights_overrides',
-           'clean_previous_run', 'collect_rows', 'format_table', 'make_figure', 'quick_overrides', 'quick_overrides_for',
-           'run_demo', 'run_stage', 'stage_command']
+__all__ = ['Claim', 'DemoError', 'DemoResult', 'DemoStage', 'QUICK_ITERATIONS', 'QUICK_STAGE_ITERATIONS', 'STAGES',
+           'StageTiming', 'TEACHER_STAGES', 'best_teacher_name', 'bicubic_images', 'check_claims', 'clean_previous_run',
+           'collect_rows', 'export_teachers', 'format_table', 'make_figure', 'quick_overrides', 'quick_overrides_for',
+           'run_demo', 'run_stage', 'stage_command', 'teacher_weights_overrides']

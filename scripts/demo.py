@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument('--train-teachers', action='store_true',
                         default=os.environ.get('DEMO_TRAIN_TEACHERS', '') not in ('', '0'),
                         help='train the three teachers from scratch instead of using their committed weights in '
-                        'pretrained/demo/ (also: DEMO_TRAIN_TEACHERS=1; 3000 iterations each: tens of minutes on a CPU)')
+                        'pretrained/demo/ (also: DEMO_TRAIN_TEACHERS=1; 3000 iterations each: tens of minutes on '
+                        'a CPU)')
     parser.add_argument('--export-teachers', action='store_true',
                         help='after --train-teachers: copy the trained teachers to pretrained/demo/ and write their '
                         'sha256 into options/demo/*.yml (how the committed weights were made)')

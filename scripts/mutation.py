@@ -90,7 +90,8 @@ TIMEOUT = {36, -24, 24, 152, 255}
 def write_config(work: Path, group: dict, baseline: bool = False) -> None:
     """``setup.cfg`` of the work folder: what to mutate and which tests to run (mutmut reads it from the cwd)."""
     lines = ['[mutmut]', 'source_paths = mtkd', 'only_mutate =', *(f'    {f}' for f in group['files']),
-             'pytest_add_cli_args_test_selection =', *(f'    {t}' for t in group['tests'] + ([] if baseline else [SURVIVOR_TESTS])),
+             'pytest_add_cli_args_test_selection =',
+             *(f'    {t}' for t in group['tests'] + ([] if baseline else [SURVIVOR_TESTS])),
              'do_not_mutate_patterns =', *(f'    {p}' for p in MESSAGE_LINE_PATTERNS),
              'use_git_change_detection = false', 'also_copy =', '    pytest.ini']
     # mutmut forks each mutant from the process that ran the tests unmutated (4x faster here than its fork server,
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--report-only', action='store_true', help='only print the table of the last run')
     parser.add_argument('--baseline', action='store_true',
                         help=f'without {SURVIVOR_TESTS}: the scores before the tests written for the survivors')
-    parser.add_argument('--show', action='store_true', help='print the diff of each mutant left (implies --report-only)')
+    parser.add_argument('--show', action='store_true',
+                        help='print the diff of each mutant left (implies --report-only)')
     parser.add_argument('--compare', metavar='BEFORE_DIR', default=None,
                         help='print the Markdown table of docs/testing.md: the scores of --work-dir against those of '
                         'a --baseline run in BEFORE_DIR (implies --report-only)')

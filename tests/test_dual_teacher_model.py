@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -269,3 +270,47 @@ def test_dtkd_test_files_validate_and_name_their_training_file(path):
     trained = options['path']['pretrain_network_g'].split('/')[1]
     assert os.path.isfile(os.path.join(REPO_ROOT, 'options', f'{trained}.yml'))
     assert _load(os.path.join(REPO_ROOT, 'options', f'{trained}.yml'))['network_g'] == options['network_g']
+
+
+def test_compute_losses_sums_every_term_from_the_cached_teachers_and_skips_a_zero_weight_teacher(
+        tmp_path, tiny_pairs, teachers):  # noqa: F811
+    """With a teacher-output cache the terms are computed against the cached images (constants here, unlike either
+    teacher), the total is the pixel loss plus every term, and a teacher of weight 0 gets no term while the other
+    keeps all of its terms."""
+    model = DualTeacherModel(runtime(dtkd_options(tiny_pairs, teachers, fidelity_weight=0.0, perceptual_weight=2.0),
+                                     tmp_path))
+    batch = _batch()
+    shape = batch['gt'].shape
+    constants = [torch.full(shape, 0.25), torch.full(shape, 0.625)]  # exact in float16
+    model.feed_data(dict(batch, teacher_outputs=torch.stack(constants, dim=1).half()))
+    losses = OrderedDict()
+    total = model.compute_losses(losses)
+    expected = {}
+    with torch.no_grad():
+        output = model.net_g(batch['lq'])
+        model.distillation_terms(output, constants, batch['gt'], expected)
+    assert {key for key in losses if key.endswith('_fidelity')} == set()
+    assert {key for key in losses if key.endswith('_perceptual')} == {
+        'l_kd_perceptual', 'l_reliability_perceptual', 'l_discrepancy_perceptual'}
+    for key, value in expected.items():
+        torch.testing.assert_close(losses[key].detach(), value, msg=key)
+    terms = [value for key, value in expected.items() if key != 'perceptual_share']
+    torch.testing.assert_close(total.detach(), losses['l_pix'].detach() + sum(terms))
+
+
+def test_a_perceptual_teacher_term_adds_both_parts_of_a_tuple_loss(tmp_path, tiny_pairs, teachers):  # noqa: F811
+    """A teacher term whose loss returns ``(perceptual, style)`` (BasicSR's PerceptualLoss) logs and adds the sum of
+    the parts that are not None."""
+    terms = [{'target': 'fid', 'loss': {'type': 'L1Loss', 'loss_weight': 1.0}}]
+    options = dtkd_options(tiny_pairs, teachers, distill_opt=None, reliability_opt=None, discrepancy_opt=None,
+                           teacher_terms=terms)
+    model = DualTeacherModel(runtime(options, tmp_path))
+    model.teacher_terms = [('both', 'gt', lambda output, target: (output.mean(), 2 * target.mean())),
+                           ('one', 'gt', lambda output, target: (3 * output.mean(), None))]
+    batch = _batch()
+    output = model.net_g(batch['lq']).detach()
+    losses = {}
+    total = model.distillation_terms(output, [None, None], batch['gt'], losses)
+    torch.testing.assert_close(losses['l_both'], output.mean() + 2 * batch['gt'].mean())
+    torch.testing.assert_close(losses['l_one'], 3 * output.mean())
+    torch.testing.assert_close(total, losses['l_both'] + losses['l_one'])

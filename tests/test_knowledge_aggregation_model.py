@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+from collections import OrderedDict
 
 import cv2
 import numpy as np
@@ -233,3 +234,26 @@ def test_stage1_run_builds_the_teacher_cache_and_trains_from_it(tmp_path, tiny_p
         assert 'iter:       3' in log and 'Validation toyval' in log and 'teacher_average' in log
     finally:
         shutil.rmtree(experiment, ignore_errors=True)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_cached_teacher_outputs_are_the_aggregators_input_in_either_memory_format(tmp_path, tiny_pairs,
+                                                                                   channels_last):
+    """With a teacher-output cache, ``compute_losses`` feeds the cached images (float16, widened) to the network,
+    not the teachers' outputs (constants here, unlike any teacher's), and the loss is L1 of that output to GT;
+    ``channels_last`` changes the memory format only."""
+    options = stage1_options(tiny_pairs, [tiny_teacher('a'), tiny_teacher('b')])
+    options['channels_last'] = channels_last
+    model = KnowledgeAggregationModel(runtime(options, tmp_path))
+    batch = one_batch(tiny_pairs)
+    shape = batch['gt'].shape
+    cached = torch.stack([torch.full(shape, 0.25), torch.full(shape, 0.75)], dim=1).half()  # NCHW-contiguous
+    model.feed_data(dict(batch, teacher_outputs=cached))
+    losses = OrderedDict()
+    total = model.compute_losses(losses)
+    expected_input = torch.cat([torch.full(shape, 0.25), torch.full(shape, 0.75)], dim=1)
+    assert torch.equal(model.teacher_stack, expected_input)
+    assert model.teacher_stack.is_contiguous(memory_format=torch.channels_last) == channels_last
+    with torch.no_grad():
+        expected = (model.net_g(expected_input) - batch['gt']).abs().mean()
+    torch.testing.assert_close(total.detach(), expected)

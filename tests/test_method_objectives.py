@@ -314,3 +314,65 @@ def test_crosskd(teacher_side, dual):
                                                         adapters.to_student.conv.weight, adapters.to_student.conv.bias))
             expected.update(l_dual_teacher=0.6 * l1(dual_output, target), l_dual_gt=0.2 * l1(dual_output, gt))
     check(model, loss_dict, total, expected)
+
+
+# ---- where the target comes from: a cache, or the teachers of this very batch -------------------------------
+def cached(gt, *levels):
+    """A teacher-output cache's batch entry: (B, N, 3, sH, sW) float16, one constant image per teacher (unlike any
+    teacher's output)."""
+    return torch.stack([torch.full(gt.shape, level) for level in levels], dim=1).half()
+
+
+def test_cached_teacher_outputs_are_the_target_unless_the_method_needs_the_teachers_features(teacher_side):
+    folder, teachers = teacher_side
+    lq, gt = batch()
+    # Output KD from teacher b: the cached b is the target; the loss is computed against it.
+    kd = build(folder, teachers, {'target': 'teacher', 'teacher': 'b',
+                                  'output_opt': {'type': 'L1Loss', 'loss_weight': 0.7}})
+    kd.feed_data({'lq': lq, 'gt': gt, 'teacher_outputs': cached(gt, 0.25, 0.75)})
+    loss_dict = OrderedDict()
+    kd.compute_losses(loss_dict)
+    assert torch.equal(kd.target, torch.full(gt.shape, 0.75))
+    with torch.no_grad():
+        assert loss_dict['l_distill'].item() == pytest.approx(0.7 * l1(kd.net_g(lq), torch.full(gt.shape, 0.75)).item())
+    # MTKD: I_MT is the aggregator run on the cached teacher outputs (rounded as the I_MT cache stores it).
+    mtkd = build(folder, teachers, {'target': 'aggregate', 'output_opt': MTKD_LOSSES['v5_l1']}, aggregator=True)
+    mtkd.feed_data({'lq': lq, 'gt': gt, 'teacher_outputs': cached(gt, 0.25, 0.75)})
+    mtkd.compute_losses(OrderedDict())
+    with torch.no_grad():
+        expected = half(mtkd.aggregator.network(torch.cat([torch.full(gt.shape, 0.25), torch.full(gt.shape, 0.75)], 1)))
+    torch.testing.assert_close(mtkd.target, expected)
+    # An I_MT cache entry is the target as it is: neither teachers nor aggregator run.
+    mtkd.feed_data({'lq': lq, 'gt': gt, 'cached_target': torch.full(gt.shape, 0.5).half()})
+    mtkd.compute_losses(OrderedDict())
+    assert torch.equal(mtkd.target, torch.full(gt.shape, 0.5))
+    # AT needs teacher b's features of this batch: the teachers run and their output is the target, not the cache.
+    feature = {'type': 'AttentionTransferLoss', 'loss_weight': 1.3, 'student_layers': ['body.0'],
+               'teacher_layers': ['body.0']}
+    at = build(folder, teachers, {'target': 'teacher', 'teacher': 'b', 'feature_opt': feature})
+    at.feed_data({'lq': lq, 'gt': gt, 'teacher_outputs': cached(gt, 0.25, 0.75)})
+    at.compute_losses(OrderedDict())
+    torch.testing.assert_close(at.target, teacher_outputs(at, lq)['b'])
+
+
+def test_dukd_crops_an_lr_batch_to_a_multiple_of_the_scale_for_its_terms_only(teacher_side):
+    """``crop_to_scale``: DUKD's terms see the top-left ``(h // s · s, w // s · s)`` of the LR batch and the matching
+    GT; the other terms see the whole batch."""
+    folder, teachers = teacher_side
+    dukd = {'zoom_in_weight': 1.1, 'zoom_out_kd_weight': 0.8, 'zoom_out_pixel_weight': 0.45, 'num_tiles': 2,
+            'crop_to_scale': True}
+    model = build(folder, teachers, {'target': 'teacher', 'teacher': 'a',
+                                     'output_opt': {'type': 'L1Loss', 'loss_weight': 0.7}, 'dukd': dukd})
+    generator = torch.Generator().manual_seed(3)
+    lq, gt = torch.rand(1, 3, 7, 9, generator=generator), torch.rand(1, 3, 14, 18, generator=generator)
+    seen = []
+
+    def fake_dukd(network, target, lq_seen, gt_seen, scale, generator):
+        seen.append((lq_seen, gt_seen, scale))
+        return {'l_zoom_in': lq_seen.sum() * 0}
+
+    model.dukd = fake_dukd
+    model.feed_data({'lq': lq, 'gt': gt})
+    model._dukd_terms(OrderedDict())
+    (lq_seen, gt_seen, scale), = seen
+    assert scale == SCALE and torch.equal(lq_seen, lq[..., :6, :8]) and torch.equal(gt_seen, gt[..., :12, :16])

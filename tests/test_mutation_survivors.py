@@ -797,7 +797,8 @@ def test_feature_taps_describe_select_clone_and_repr():
             list_module_paths(net, depth)
     taps = FeatureTaps(net, ['pair:-2', 'pair:1', 'conv_last'], clone=True)
     assert taps.features == {}
-    assert repr(taps) == "FeatureTaps(_TapNet, paths=['pair:-2', 'pair:1', 'conv_last'], detach=False, clone=True, active)"
+    assert repr(taps) == ("FeatureTaps(_TapNet, paths=['pair:-2', 'pair:1', 'conv_last'], detach=False, clone=True, "
+                          "active)")
     net(image)
     features = taps.features
     assert torch.equal(features['pair:-2'], image + 1) and torch.equal(features['pair:1'], image * 2)
