@@ -7,7 +7,7 @@ from mtkd import compat as _compat
 
 _compat.apply()
 
-from mtkd.precision import set_float32_precision as _set_float32_precision  # noqa: E402
+from mtkd.training.precision import set_float32_precision as _set_float32_precision  # noqa: E402
 
 _set_float32_precision(False)  # IEEE fp32 matmul and convolutions unless an entry point asks for TF32
 

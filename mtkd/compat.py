@@ -18,12 +18,12 @@ Patches (each documented in ``docs/compat.md`` and tested in ``tests/test_compat
    turning the check off.
 4. ``resume_on_cpu``: ``basicsr.train.load_resume_state`` maps the state onto ``torch.cuda.current_device()``,
    which fails on a CPU-only machine and, on a GPU, hands CUDA tensors to the random-generator setters. We replace
-   it with :func:`mtkd.resume.load_resume_state`: the state is read onto the CPU (``weights_only=True``; the
+   it with :func:`mtkd.training.resume.load_resume_state`: the state is read onto the CPU (``weights_only=True``; the
    optimizers place their moments on their parameters' devices), a broken newest state falls back to the previous
    complete one, and the network checkpoints are taken from beside the state.
 5. ``dataset_read_errors``: BasicSR's paired and single-image datasets fail on an unreadable image with an OpenCV
    or ``NoneType`` error that names no file; the patched ``__getitem__`` re-raises it as
-   :class:`mtkd.evaluation.ImageReadError` naming the file.
+   :class:`mtkd.metrics.evaluation.ImageReadError` naming the file.
 """
 from __future__ import annotations
 
@@ -100,12 +100,12 @@ def patch_safe_globals() -> bool:
 
 
 def patch_resume_on_cpu() -> bool:
-    """Replace ``basicsr.train.load_resume_state`` with :func:`mtkd.resume.load_resume_state` (patch 4)."""
+    """Replace ``basicsr.train.load_resume_state`` with :func:`mtkd.training.resume.load_resume_state` (patch 4)."""
     import basicsr.train as basicsr_train
 
     if getattr(basicsr_train.load_resume_state, '_mtkd_patched', False):
         return False
-    from mtkd.resume import load_resume_state
+    from mtkd.training.resume import load_resume_state
 
     original = basicsr_train.load_resume_state
 
@@ -144,7 +144,7 @@ def _naming_read_errors(getitem, keys: tuple[str, ...]):
         except Exception as error:  # noqa: BLE001 - re-raised unchanged unless a file is to blame
             if not self.io_backend_opt.get('type', 'disk') == 'disk' or not hasattr(self, 'paths'):
                 raise
-            from mtkd.evaluation import ImageReadError, read_image
+            from mtkd.metrics.evaluation import ImageReadError, read_image
 
             entry = self.paths[index]
             for path in ([entry[key] for key in keys if key in entry] if isinstance(entry, dict) else [entry]):

@@ -22,8 +22,8 @@ sys.path.insert(0, REPO_ROOT)
 import torch  # noqa: E402
 
 import mtkd  # noqa: E402,F401  (compat patches, registration)
-from mtkd.benchmark import (DEFAULT_PRECISIONS, MODES, PRECISIONS, benchmark_dct, benchmark_steps,  # noqa: E402
-                            markdown_table, rows_as_dicts)
+from mtkd.analysis.benchmark import (DEFAULT_PRECISIONS, MODES, PRECISIONS, benchmark_dct,  # noqa: E402
+                                     benchmark_steps, markdown_table, rows_as_dicts)
 from mtkd.config.cli import apply_overrides, load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
 

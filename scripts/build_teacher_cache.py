@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pre-compute every teacher's SR output of the training LR images of an option file (mtkd.teacher_cache).
+"""Pre-compute every teacher's SR output of the training LR images of an option file (mtkd.teachers.cache).
 
     python scripts/build_teacher_cache.py -opt options/<stage-1 file>.yml [--device cuda] [--tile-size 256]
     python scripts/build_teacher_cache.py -opt options/<stage-2 file>.yml --content aggregate     # I_MT
@@ -27,8 +27,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration)
-from mtkd import distributed  # noqa: E402
-from mtkd.teacher_cache import BACKENDS, DEFAULT_TILE_OVERLAP, build_cache_from_options  # noqa: E402
+from mtkd.teachers.cache import BACKENDS, DEFAULT_TILE_OVERLAP, build_cache_from_options  # noqa: E402
+from mtkd.training import distributed  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                         'MTKD stage 2). Default: datasets.train.teacher_cache_content of the file, else teachers')
     parser.add_argument('--accept-stale', action='store_true',
                         help='keep outputs stored by teachers whose code has changed since (their probe output '
-                        'differs: mtkd.teacher_cache.behaviour_fingerprint), and record the current behaviour; '
+                        'differs: mtkd.teachers.cache.behaviour_fingerprint), and record the current behaviour; '
                         'without it such a cache is refused. Rebuilding instead: delete the cache folder')
     args = parser.parse_args(argv)
 

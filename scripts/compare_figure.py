@@ -20,8 +20,8 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches, before basicsr)
-from mtkd.evaluation import ImageReadError  # noqa: E402
-from mtkd.figures import find_result_image, make_comparison_figure, score_caption  # noqa: E402
+from mtkd.metrics.evaluation import ImageReadError  # noqa: E402
+from mtkd.tools.figures import find_result_image, make_comparison_figure, score_caption  # noqa: E402
 
 
 def build_argument_parser() -> argparse.ArgumentParser:

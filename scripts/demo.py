@@ -18,8 +18,8 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches, before basicsr)
-from mtkd.demo import DemoError, export_teachers, run_demo  # noqa: E402
-from mtkd.demo_data import DemoDataError  # noqa: E402
+from mtkd.tools.demo import DemoError, export_teachers, run_demo  # noqa: E402
+from mtkd.tools.demo_data import DemoDataError  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtkd.pretrained import (DEFAULT_DESTINATION, DEFAULT_MANIFEST, fetch_pretrained, load_manifest,  # noqa: E402
-                             select)
+from mtkd.weights.pretrained import (DEFAULT_DESTINATION, DEFAULT_MANIFEST, fetch_pretrained,  # noqa: E402
+                                     load_manifest, select)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:

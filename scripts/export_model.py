@@ -25,10 +25,10 @@ sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
 from mtkd.config.errors import OptionError  # noqa: E402
-from mtkd.export import (DEFAULT_CHECK_SIZES, DEFAULT_EXPORT_SIZE, DEFAULT_TOLERANCE, ONNX_OPSET,  # noqa: E402
-                         ExportError, export_model, export_table)
-from mtkd.inference import add_model_arguments, model_spec_from_arguments  # noqa: E402
-from mtkd.weights import WeightLoadError  # noqa: E402
+from mtkd.tools.export import (DEFAULT_CHECK_SIZES, DEFAULT_EXPORT_SIZE, DEFAULT_TOLERANCE, ONNX_OPSET,  # noqa: E402
+                               ExportError, export_model, export_table)
+from mtkd.tools.inference import add_model_arguments, model_spec_from_arguments  # noqa: E402
+from mtkd.weights.loading import WeightLoadError  # noqa: E402
 
 
 def build_argument_parser() -> argparse.ArgumentParser:

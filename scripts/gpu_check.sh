@@ -7,8 +7,8 @@
 # When mtkd's dependencies do not import, they are installed (no index, no dependencies) into /tmp/mtkd_site from
 # the wheels found in $MTKD_WHEELS, shared/wheels(/cp312), ../shared/wheels(/cp312) and .whl (all of them; BasicSR
 # and the small packages are in shared/wheels; pydantic and pydantic-core are not, and go into .whl where the GPU
-# machine lacks them: see docs/performance.md). Then mtkd/gpu_check.py writes gpu_check.md and gpu_check.json into --out
-# (default results/gpu_check). Exit status: 0 when no step failed, 1 otherwise, 2 when it could not start.
+# machine lacks them: see docs/performance.md). Then mtkd/analysis/gpu_check.py writes gpu_check.md and gpu_check.json
+# into --out (default results/gpu_check). Exit status: 0 when no step failed, 1 otherwise, 2 when it could not start.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then

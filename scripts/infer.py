@@ -22,9 +22,9 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
-from mtkd.errors import MtkdError, report_user_error  # noqa: E402
-from mtkd.inference import (DEFAULT_TILE_OVERLAP, add_model_arguments, model_spec_from_arguments,  # noqa: E402
-                            run_inference)
+from mtkd.tools.inference import (DEFAULT_TILE_OVERLAP, add_model_arguments, model_spec_from_arguments,  # noqa: E402
+                                  run_inference)
+from mtkd.utils.errors import MtkdError, report_user_error  # noqa: E402
 
 
 def build_argument_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ LR at x2, in BasicSR's benchmark layout under <root>/datasets/demo/{train,val}/{
     python scripts/make_demo_data.py            # skips when datasets/demo is already complete
     python scripts/make_demo_data.py --force    # rebuild
 
-See mtkd/demo_data.py for the photos, the crops and the choice of x2.
+See mtkd/tools/demo_data.py for the photos, the crops and the choice of x2.
 """
 import argparse
 import os
@@ -14,7 +14,7 @@ import sys
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
-from mtkd.demo_data import DemoDataError, prepare_demo_data, split_names  # noqa: E402
+from mtkd.tools.demo_data import DemoDataError, prepare_demo_data, split_names  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -12,8 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
-from mtkd.errors import MtkdError, report_user_error  # noqa: E402
-from mtkd.tables import markdown_table, merge_runs, read_metrics_file  # noqa: E402
+from mtkd.metrics.tables import markdown_table, merge_runs, read_metrics_file  # noqa: E402
+from mtkd.utils.errors import MtkdError, report_user_error  # noqa: E402
 
 
 def main(argv=None) -> int:

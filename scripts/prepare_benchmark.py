@@ -1,7 +1,7 @@
 """Make a benchmark set's MATLAB-bicubic LR images: <out-dir>/<name>/{HR, LR_bicubic/X<s>} from a folder of HR.
 
 Example: python scripts/prepare_benchmark.py --hr-dir ~/Urban100_HR --out-dir datasets --name Urban100
-The layout and every convention are documented in mtkd/data_prep.py (prepare_benchmark).
+The layout and every convention are documented in mtkd/data/preparation.py (prepare_benchmark).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtkd.data_prep import PreparationError, prepare_benchmark  # noqa: E402
+from mtkd.data.preparation import PreparationError, prepare_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,7 @@
 
 Example: python scripts/prepare_div2k.py --root datasets/DIV2K --splits train valid --workers 2
 Output (BasicSR's names): DIV2K_train_HR, DIV2K_train_HR_sub, DIV2K_train_LR_bicubic/X4{,_sub}, ...
-Every convention is documented in mtkd/data_prep.py.
+Every convention is documented in mtkd/data/preparation.py.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mtkd.data_prep import (SUBIMAGE_CROP_SIZE, SUBIMAGE_STEP, SUBIMAGE_THRESH_SIZE,  # noqa: E402
-                            PreparationError, prepare_div2k)
-from mtkd.download import ChecksumError, DownloadError  # noqa: E402
+from mtkd.data.preparation import (SUBIMAGE_CROP_SIZE, SUBIMAGE_STEP, SUBIMAGE_THRESH_SIZE,  # noqa: E402
+                                   PreparationError, prepare_div2k)
+from mtkd.weights.download import ChecksumError, DownloadError  # noqa: E402
 
 
 def main(argv=None) -> int:

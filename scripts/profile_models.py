@@ -8,8 +8,8 @@
 Option files give ``network_g`` (and ``val.pad_multiple``); ``--arch`` takes network blocks as JSON/YAML. The
 networks keep their random initialisation (counts and timings do not depend on the weights, so no weights file is
 needed). MACs are for one ``--input-size WIDTH HEIGHT`` LR image (default 320 180: a 1280x720 output at x4);
-latency is the median of ``--runs`` passes after ``--warmup`` passes (synchronised on CUDA). mtkd/profiling.py says
-what the MAC counters count.
+latency is the median of ``--runs`` passes after ``--warmup`` passes (synchronised on CUDA). mtkd/analysis/profiling.py
+says what the MAC counters count.
 """
 import argparse
 import logging
@@ -20,11 +20,11 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO_ROOT)
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
+from mtkd.analysis.profiling import DEFAULT_INPUT_SIZE, MAC_COUNTERS, profile_network, profile_table  # noqa: E402
 from mtkd.config.cli import load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
-from mtkd.inference import (build_network, model_spec_from_arch, model_spec_from_options,  # noqa: E402
-                            resolve_device)
-from mtkd.profiling import DEFAULT_INPUT_SIZE, MAC_COUNTERS, profile_network, profile_table  # noqa: E402
+from mtkd.tools.inference import (build_network, model_spec_from_arch, model_spec_from_options,  # noqa: E402
+                                  resolve_device)
 
 
 def build_argument_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@
 Builds the teachers of the option file's ``teachers:`` (relative weights from the repository root) and the KA
 network of its ``network_g`` with the weights of ``--ka-weights`` (whose saved teacher list must match), runs the
 teachers on the LR image, attributes the region of MT (``top left height width`` in HR pixels) to the teacher
-outputs with :func:`mtkd.attribution.teacher_attribution`, prints each teacher's share and diffusion index, and
+outputs with :func:`mtkd.analysis.attribution.teacher_attribution`, prints each teacher's share and diffusion index, and
 saves a PNG grid: top row the LR image (bicubic-upscaled for display), each teacher's output and MT with the region
 boxed; bottom row the attribution of all teachers together (over the LR image), each teacher's attribution (over
 its output, one colour scale for all teachers, its share written on it) and a legend. docs/attribution.md explains
@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
-from mtkd.attribution import (BASELINES, CHANNEL_REDUCTIONS, LAM_FOLD, LAM_KERNEL_SIZE, LAM_SIGMA,  # noqa: E402
-                              METHODS, AttributionResult, teacher_attribution)
+from mtkd.analysis.attribution import (BASELINES, CHANNEL_REDUCTIONS, LAM_FOLD, LAM_KERNEL_SIZE,  # noqa: E402
+                                       LAM_SIGMA, METHODS, AttributionResult, teacher_attribution)
 from mtkd.config.cli import load_option_file  # noqa: E402
-from mtkd.evaluation import image_to_tensor, read_image, score_images, tensor_to_image  # noqa: E402
-from mtkd.teachers import TeacherEnsemble, check_fingerprint, teacher_specs_from_options  # noqa: E402
-from mtkd.weights import load_weights, read_checkpoint  # noqa: E402
+from mtkd.metrics.evaluation import image_to_tensor, read_image, score_images, tensor_to_image  # noqa: E402
+from mtkd.teachers.ensemble import TeacherEnsemble, check_fingerprint, teacher_specs_from_options  # noqa: E402
+from mtkd.weights.loading import load_weights, read_checkpoint  # noqa: E402
 
 #: Height of the caption bar above every tile of the figure (pixels).
 LABEL_HEIGHT = 22

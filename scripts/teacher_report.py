@@ -30,19 +30,19 @@ sys.path.insert(0, REPO_ROOT)
 import torch  # noqa: E402
 
 import mtkd  # noqa: E402,F401  (compat patches and arch registration, before basicsr)
+from mtkd.analysis.error_correlation import ErrorCorrelation, correlation_markdown  # noqa: E402
+from mtkd.analysis.fusion_bounds import (DEFAULT_PATCH_SIZES, FusionBounds, fit_global_weights,  # noqa: E402
+                                         fusion_bounds_markdown)
+from mtkd.analysis.teacher_report import (FLAT_THRESHOLD, SELF_ENSEMBLE_SUFFIX, networks_from_option_file,  # noqa: E402
+                                          report_markdown, report_teachers)
 from mtkd.config.cli import load_option_file  # noqa: E402
 from mtkd.config.errors import OptionError  # noqa: E402
-from mtkd.error_correlation import ErrorCorrelation, correlation_markdown  # noqa: E402
-from mtkd.evaluation import read_image, tensor_to_image  # noqa: E402
-from mtkd.fusion_bounds import (DEFAULT_PATCH_SIZES, FusionBounds, fit_global_weights,  # noqa: E402
-                                fusion_bounds_markdown)
-from mtkd.teacher_cache import (TeacherCacheError, build_cache_from_options, image_stem,  # noqa: E402
-                                training_pairs_from_options)
-from mtkd.teacher_report import (FLAT_THRESHOLD, SELF_ENSEMBLE_SUFFIX, networks_from_option_file,  # noqa: E402
-                                 report_markdown, report_teachers)
+from mtkd.metrics.evaluation import read_image, tensor_to_image  # noqa: E402
 from mtkd.metrics.lpips_metric import LPIPS  # noqa: E402
-from mtkd.teachers import TeacherWeightsError  # noqa: E402
-from mtkd.weights import WeightLoadError  # noqa: E402
+from mtkd.teachers.cache import (TeacherCacheError, build_cache_from_options, image_stem,  # noqa: E402
+                                 training_pairs_from_options)
+from mtkd.teachers.ensemble import TeacherWeightsError  # noqa: E402
+from mtkd.weights.loading import WeightLoadError  # noqa: E402
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -55,10 +55,10 @@ def build_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-niqe', action='store_true', help='skip NIQE (the slowest measure)')
     parser.add_argument('--error-correlation', action='store_true',
                         help='also print the correlation of the teachers\' Y errors per set (how much they overlap: '
-                             'what a fusion of them can gain; mtkd/error_correlation.py)')
+                             'what a fusion of them can gain; mtkd/analysis/error_correlation.py)')
     parser.add_argument('--fusion-bounds', action='store_true',
                         help='also print oracle bounds of fusing the teachers per set: plain average, best global '
-                             'weights, best weights per patch, best teacher per pixel (mtkd/fusion_bounds.py)')
+                             'weights, best weights per patch, best teacher per pixel (mtkd/analysis/fusion_bounds.py)')
     parser.add_argument('--patch-sizes', type=int, nargs='+', default=list(DEFAULT_PATCH_SIZES),
                         help=f'patch sizes of --fusion-bounds (default {" ".join(map(str, DEFAULT_PATCH_SIZES))})')
     parser.add_argument('--fit-on-train', action='store_true',

@@ -1,4 +1,4 @@
-"""Adan (mtkd/adan.py) against steps computed by hand from Algorithm 1 of Xie et al. (with bias correction)."""
+"""Adan (mtkd/training/adan.py) against steps computed by hand from Algorithm 1 of Xie et al. (with bias correction)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mtkd.adan import Adan
+from mtkd.training.adan import Adan
 
 
 def _hand_steps(theta, gradients, lr, betas, eps, decay, no_prox):

@@ -17,7 +17,7 @@ from basicsr.data import build_dataset
 from mtkd.config import OptionError, validate_options
 from mtkd.config.cli import attach_teacher_cache
 from mtkd.models.distill_model import DistillModel
-from mtkd.teachers import TeacherEnsemble, teacher_specs_from_options
+from mtkd.teachers.ensemble import TeacherEnsemble, teacher_specs_from_options
 
 SCALE = 2
 KA = {'type': 'DCTSwin', 'num_teachers': 2, 'num_feat': 8, 'num_block': 1, 'num_layer': 2, 'window_size': 4,
@@ -112,7 +112,7 @@ def test_a_new_stage1_checkpoint_selects_a_new_i_mt_cache(tmp_path, stage2):
     ignoring the checkpoint hash, which would silently reuse the old I_MT."""
     import hashlib
 
-    from mtkd.aggregated_teachers import AggregatedTeachers, aggregate_fingerprint_from_options
+    from mtkd.teachers.aggregated import AggregatedTeachers, aggregate_fingerprint_from_options
 
     options, ensemble, ka = stage2
     plain = _runtime(options, tmp_path)
@@ -152,7 +152,7 @@ if 'CacheProbeDCTSwin' not in ARCH_REGISTRY:
 def test_a_changed_aggregator_forward_makes_the_i_mt_cache_stale(tmp_path, stage2, monkeypatch):
     """Same checkpoint, same arguments, other DCTSwin code: the I_MT cache's behavioural fingerprint (teachers and
     aggregator run on a fixed probe image) no longer matches, and opening the cache says so."""
-    from mtkd.teacher_cache import StaleTeacherCacheError
+    from mtkd.teachers.cache import StaleTeacherCacheError
 
     options, _, _ = stage2
     options['aggregator']['network'] = dict(KA, type='CacheProbeDCTSwin')

@@ -6,8 +6,8 @@ import torch
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from mtkd.archs.imdn_arch import IMDN, IMDN_OFFICIAL_CHECKPOINTS
-from mtkd.evaluation import evaluate_on_benchmark, mean_score
-from mtkd.weights import WeightLoadError, load_weights
+from mtkd.metrics.evaluation import evaluate_on_benchmark, mean_score
+from mtkd.weights.loading import WeightLoadError, load_weights
 from conftest import dataset_dir, official_weight
 
 # Exact parameter counts of the official files (694K / 703K / 715K in the paper and README).

@@ -12,8 +12,8 @@ import torch
 
 from conftest import dataset_dir, official_weight
 from mtkd.archs.lbnet_arch import DIV2K_RGB_MEAN, LBNET_OFFICIAL_CHECKPOINTS, EfficientAttention, LBNet
-from mtkd.evaluation import evaluate_on_benchmark, mean_score
-from mtkd.weights import WeightLoadError, load_weights
+from mtkd.metrics.evaluation import evaluate_on_benchmark, mean_score
+from mtkd.weights.loading import WeightLoadError, load_weights
 
 
 def _official_lbnet(file_name: str) -> LBNet:

@@ -6,8 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from mtkd.archs.pan_arch import PAN, PAN_OFFICIAL_CHECKPOINTS
-from mtkd.evaluation import evaluate_on_benchmark, mean_score
-from mtkd.weights import WeightLoadError, load_weights
+from mtkd.metrics.evaluation import evaluate_on_benchmark, mean_score
+from mtkd.weights.loading import WeightLoadError, load_weights
 from conftest import dataset_dir, official_weight
 
 # Set5 mean PSNR (dB) / SSIM, Y channel, crop = scale. x4: measured with the official code on this data

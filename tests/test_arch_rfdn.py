@@ -6,8 +6,8 @@ import torch
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from mtkd.archs.rfdn_arch import RFDN, RFDN_OFFICIAL_CHECKPOINTS
-from mtkd.evaluation import evaluate_on_benchmark, mean_score
-from mtkd.weights import WeightLoadError, load_weights
+from mtkd.metrics.evaluation import evaluate_on_benchmark, mean_score
+from mtkd.weights.loading import WeightLoadError, load_weights
 from conftest import dataset_dir, official_weight
 
 # Exact parameter counts (433K for RFDN with 50 channels, 705K for the 64-channel DTKD/MTKDSR students).

@@ -6,8 +6,8 @@ import torch
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from mtkd.archs.rlfn_arch import RLFN, RLFN_OFFICIAL_CHECKPOINTS
-from mtkd.evaluation import evaluate_on_benchmark, mean_score
-from mtkd.weights import WeightLoadError, load_weights
+from mtkd.metrics.evaluation import evaluate_on_benchmark, mean_score
+from mtkd.weights.loading import WeightLoadError, load_weights
 from conftest import dataset_dir, official_weight
 
 # Exact parameter counts: RLFN 544K / 527K, RLFN-S 470K / 455K (x4 / x2), NTIRE 2022 model 317K.

@@ -1,4 +1,4 @@
-"""mtkd.attribution (LAM over the KA network's input, Gu and Dong CVPR 2021; MTKD Fig. 4) and
+"""mtkd.analysis.attribution (LAM over the KA network's input, Gu and Dong CVPR 2021; MTKD Fig. 4) and
 scripts/teacher_attribution.py: known answers on constructed aggregators, LAM's definitions, the command line."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 import yaml
 from torch import nn
 
-from mtkd.attribution import (METHODS, blur_path_kernels, diffusion_index, gini_coefficient, local_attribution,
-                              teacher_attribution)
-from mtkd.teachers import TeacherMismatchError
+from mtkd.analysis.attribution import (METHODS, blur_path_kernels, diffusion_index, gini_coefficient, local_attribution,
+                                       teacher_attribution)
+from mtkd.teachers.ensemble import TeacherMismatchError
 
 from conftest import REPO_ROOT, load_script
 FAST = {'fold': 12}  # path steps for the tests (LAM: 50); the known answers below do not depend on it
@@ -205,7 +205,7 @@ def tiny_setup(tmp_path_factory):
     """Two tiny EDSR teachers (x2) with saved weights, their option file, a tiny DCTSwin KA checkpoint, LR/HR images."""
     from basicsr.archs import build_network
 
-    from mtkd.teachers import TeacherEnsemble, teacher_specs_from_options
+    from mtkd.teachers.ensemble import TeacherEnsemble, teacher_specs_from_options
 
     folder = tmp_path_factory.mktemp('attribution')
     torch.manual_seed(0)
@@ -275,7 +275,7 @@ def test_script_on_the_real_teachers_with_a_mean_aggregator(tmp_path, capsys):
     from basicsr.archs import build_network
 
     from conftest import dataset_dir, official_weight
-    from mtkd.teachers import fingerprint_specs, teacher_specs_from_options
+    from mtkd.teachers.ensemble import fingerprint_specs, teacher_specs_from_options
 
     for file_name in ('IMDN_x4.pth', 'rlfn_x4.pth', 'PANx4_DF2K.pth', 'RFDN_AIM.pth'):
         official_weight(file_name)

@@ -1,4 +1,4 @@
-"""scripts/benchmark_speed.py's library (mtkd/benchmark.py): every mode runs the step it names (no wall-clock
+"""scripts/benchmark_speed.py's library (mtkd/analysis/benchmark.py): every mode runs the step it names (no wall-clock
 assertions): the autograd mode really back-propagates into the teacher side, the cached-target mode never runs it."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import torch
 import yaml
 
-from mtkd import benchmark
+from mtkd.analysis import benchmark
 
 OPTIONS = {
     'name': 'bench_unit', 'model_type': 'DistillModel', 'scale': 2, 'num_gpu': 0,

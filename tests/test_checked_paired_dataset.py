@@ -11,7 +11,7 @@ from basicsr.data.paired_image_dataset import PairedImageDataset
 
 from mtkd.data.checked_paired_dataset import CheckedPairedImageDataset
 from mtkd.data.pairing import PairSizeError
-from mtkd.evaluation import ImageReadError
+from mtkd.metrics.evaluation import ImageReadError
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def test_resume_state_loads_on_the_cpu_even_with_cuda(tmp_path, monkeypatch):
     setters (``RNG state must be a torch.ByteTensor``); the patched loader always reads onto the CPU."""
     import basicsr.train as basicsr_train
 
-    from mtkd.resume import restore_rng_states, rng_states
+    from mtkd.training.resume import restore_rng_states, rng_states
 
     experiment = tmp_path / 'experiments' / 'run'
     states, models = experiment / 'training_states', experiment / 'models'

@@ -1,5 +1,5 @@
-"""CrossKD (mtkd/crosskd.py, DistillModel's distill.crosskd): splicing by module path, gradients through the frozen
-teacher's tail, the adapters' checkpoint and resume."""
+"""CrossKD (mtkd/methods/crosskd.py, DistillModel's distill.crosskd): splicing by module path, gradients through the
+frozen teacher's tail, the adapters' checkpoint and resume."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +10,11 @@ import torch
 
 from basicsr.archs import build_network
 
-from mtkd import resume
 from mtkd.config import OptionError, validate_options
-from mtkd.crosskd import CrossKD, CrossKDAdapters, OutputSplice
+from mtkd.methods.crosskd import CrossKD, CrossKDAdapters, OutputSplice
 from mtkd.models.distill_model import DistillModel
-from mtkd.teachers import freeze_network
+from mtkd.teachers.ensemble import freeze_network
+from mtkd.training import resume
 
 SCALE = 2
 TEACHER = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 6, 'num_block': 2, 'upscale': SCALE}

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import dataset_dir, load_script
-from mtkd import data_prep, download
-from mtkd.data_prep import Div2kLayout, PreparationError, subimage_positions
+from mtkd.data import preparation as data_prep
+from mtkd.data.preparation import Div2kLayout, PreparationError, subimage_positions
 from mtkd.transforms.matlab_resize import imresize, modcrop
+from mtkd.weights import download
 
 
 # ----------------------------------------------------------------------------------------------------------------

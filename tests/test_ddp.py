@@ -80,7 +80,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 import mtkd
 import basicsr.train
-from mtkd import teacher_cache
+from mtkd.teachers import cache as teacher_cache
 from mtkd.config.cli import run_pipeline
 from mtkd.models.plain_sr_model import PlainSRModel
 

@@ -4,7 +4,7 @@ The quick demo (scripts/demo.py --quick: a few iterations per training) runs as 
 OMP_NUM_THREADS=1 and ``--root`` in a temporary folder, so the repository's own experiments are untouched.
 Checks: the data (MATLAB-bicubic LR of fixed crops, train/validation photos disjoint, idempotent), the table
 (every row, finite values, bicubic's known score), the global-residual KA at least at the teacher average, the
-figure (exactly what mtkd.figures draws from the saved images), and that a previous run's folders are replaced.
+figure (exactly what mtkd.tools.figures draws from the saved images), and that a previous run's folders are replaced.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mtkd import demo, demo_data
-from mtkd.evaluation import read_image
-from mtkd.figures import make_comparison_figure
+from mtkd.metrics.evaluation import read_image
+from mtkd.tools import demo, demo_data
+from mtkd.tools.figures import make_comparison_figure
 from mtkd.transforms.matlab_resize import imresize
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +182,7 @@ def _demo_option_files_with_teachers():
 def test_committed_teachers_are_the_ones_every_demo_file_names_and_their_option_files_reproduce():
     """Each stage-1/2 file loads the committed teachers (pretrained/demo/<teacher stage>.pth) by the file's sha256,
     and each teacher's network is the one its training file (options/demo/demo_teacher_*_x2.yml) trains."""
-    from mtkd.fileio import file_sha256
+    from mtkd.utils.fileio import file_sha256
 
     trained_by = {stage.name: demo.read_option_file(stage.option_file) for stage in demo.TEACHER_STAGES}
     files = list(_demo_option_files_with_teachers())
@@ -211,7 +211,7 @@ def test_teacher_weights_overrides_point_at_this_runs_teachers_or_the_committed_
 def test_export_teachers_keeps_params_only_and_rewrites_each_files_sha256(tmp_path):
     import torch
 
-    from mtkd.fileio import file_sha256
+    from mtkd.utils.fileio import file_sha256
 
     run_root, repo_root = tmp_path / 'run', tmp_path / 'repo'
     for index, stage in enumerate(demo.TEACHER_STAGES):

@@ -11,7 +11,7 @@ from basicsr.archs import build_network
 
 from mtkd.config import OptionError, validate_options
 from mtkd.models.distill_model import DistillModel
-from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, teacher_specs_from_options
+from mtkd.teachers.ensemble import TeacherEnsemble, TeacherMismatchError, teacher_specs_from_options
 from mtkd.transforms.self_ensemble import self_ensemble
 
 SCALE = 2

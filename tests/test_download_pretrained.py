@@ -12,8 +12,8 @@ import threading
 import pytest
 import yaml
 
-from mtkd.download import ChecksumError, DownloadError, download_file
-from mtkd.pretrained import DEFAULT_MANIFEST, ManifestError, fetch_pretrained, load_manifest
+from mtkd.weights.download import ChecksumError, DownloadError, download_file
+from mtkd.weights.pretrained import DEFAULT_MANIFEST, ManifestError, fetch_pretrained, load_manifest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO_ROOT, 'scripts'))
@@ -294,7 +294,7 @@ def test_real_manifest_hashes_match_the_files_present(entry_):
 
 @pytest.mark.parametrize('entry_', load_manifest(DEFAULT_MANIFEST), ids=lambda e: e.name)
 def test_real_manifest_files_present_read_with_their_declared_format(entry_):
-    from mtkd.weights import read_state_dict
+    from mtkd.weights.loading import read_state_dict
 
     path = official_weight(entry_.name)  # skips when absent
     state = read_state_dict(path, entry_.param_key, entry_.key_format)

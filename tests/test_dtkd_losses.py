@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtkd.entropy_routing import EntropyRouter, max_entropy
 from mtkd.losses.dtkd_loss import (DiscrepancyAttentionLoss, ReliabilityAttentionLoss, RoutedL1Loss,
                                    discrepancy_mask, reliability_mask)
 from mtkd.losses.edge_loss import EdgeLoss
 from mtkd.losses.vgg_perceptual_loss import VGGPerceptualLoss, build_vgg_features, vgg_layer_names
+from mtkd.methods.entropy_routing import EntropyRouter, max_entropy
 
 
 def _pixels(*values):

@@ -192,7 +192,7 @@ def test_window_routing_uses_the_window_threshold(tmp_path, tiny_pairs, teachers
 
 
 def test_adan_optimizer_is_built_for_dtkd(tmp_path, tiny_pairs, teachers):  # noqa: F811
-    from mtkd.adan import Adan
+    from mtkd.training.adan import Adan
 
     model = DualTeacherModel(runtime(dtkd_options(tiny_pairs, teachers), tmp_path))
     optimizer = model.get_optimizer('Adan', model.net_g.parameters(), 1e-3, betas=(0.98, 0.92, 0.99), weight_decay=0.02)

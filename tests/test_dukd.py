@@ -1,4 +1,5 @@
-"""DUKD terms (``mtkd.dukd``): exact inverses, zoom-in tile positions, zoom-out values, label consistency, gradients."""
+"""DUKD terms (``mtkd.methods.dukd``): exact inverses, zoom-in tile positions, zoom-out values, label consistency,
+gradients."""
 import itertools
 
 import pytest
@@ -6,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import mtkd  # noqa: F401  (before basicsr)
-from mtkd.dukd import (INVERTIBLE_AUGMENTATIONS, OFFICIAL_AUGMENTATIONS, DUKDLoss, augment, choose_zoom_in_tiles,
-                       deaugment, invertible_augmentations, sample_augmentation_masks, zoom_in_inputs,
-                       zoom_out_inputs)
+from mtkd.methods.dukd import (INVERTIBLE_AUGMENTATIONS, OFFICIAL_AUGMENTATIONS, DUKDLoss, augment,
+                               choose_zoom_in_tiles, deaugment, invertible_augmentations, sample_augmentation_masks,
+                               zoom_in_inputs, zoom_out_inputs)
 
 
 def _seeded(seed=0):

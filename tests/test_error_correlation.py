@@ -1,5 +1,5 @@
-"""mtkd/error_correlation.py: correlation of the teachers' errors, on constructed errors with known correlation,
-against numpy on the pooled pixels, through report_teachers and through scripts/teacher_report.py."""
+"""mtkd/analysis/error_correlation.py: correlation of the teachers' errors, on constructed errors with known
+correlation, against numpy on the pooled pixels, through report_teachers and through scripts/teacher_report.py."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,9 @@ import yaml
 from basicsr.archs import build_network
 
 from conftest import load_script
-from mtkd.error_correlation import ErrorCorrelation, correlation_markdown, mean_pairwise, y_error
-from mtkd.evaluation import image_to_tensor, read_image, tensor_to_image
-from mtkd.teacher_report import report_teachers
+from mtkd.analysis.error_correlation import ErrorCorrelation, correlation_markdown, mean_pairwise, y_error
+from mtkd.analysis.teacher_report import report_teachers
+from mtkd.metrics.evaluation import image_to_tensor, read_image, tensor_to_image
 from test_teacher_report import Bicubic, write_benchmark
 
 

@@ -1,4 +1,4 @@
-"""mtkd.export and scripts/export_model.py: the ONNX model reproduces PyTorch at sizes other than the export size
+"""mtkd.tools.export and scripts/export_model.py: the ONNX model reproduces PyTorch at sizes other than the export size
 (dynamic height/width), the safetensors file reloads strictly into identical tensors, a frozen size is caught by
 the onnxruntime check, and an arch that cannot be exported fails with its name.
 
@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtkd.export import (DEFAULT_EXPORT_SIZE, INPUT_NAME, OUTPUT_NAME, ExportError, PaddedNetwork,
-                         compare_with_onnx, export_model, export_onnx, onnx_session, onnxruntime_available,
-                         save_safetensors)
-from mtkd.inference import ModelSpec, build_network, model_spec_from_arch
+from mtkd.tools.export import (DEFAULT_EXPORT_SIZE, INPUT_NAME, OUTPUT_NAME, ExportError, PaddedNetwork,
+                               compare_with_onnx, export_model, export_onnx, onnx_session, onnxruntime_available,
+                               save_safetensors)
+from mtkd.tools.inference import ModelSpec, build_network, model_spec_from_arch
 from mtkd.transforms.padding import run_padded
-from mtkd.weights import load_weights
+from mtkd.weights.loading import load_weights
 
 from conftest import load_script
 TOLERANCE = 1e-4

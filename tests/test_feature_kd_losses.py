@@ -7,8 +7,8 @@ import torch.nn.functional as F
 import mtkd  # noqa: F401  (before basicsr: compat patches, loss registration)
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.losses import build_loss
-from mtkd.feature_taps import FeatureTaps
 from mtkd.losses.feature_kd_loss import AttentionTransferLoss, FeatureAffinityLoss
+from mtkd.methods.feature_taps import FeatureTaps
 
 
 def numpy_attention(features, p):

@@ -8,7 +8,7 @@ from torch import nn
 
 import mtkd  # noqa: F401  (before basicsr: compat patches)
 from basicsr.archs.edsr_arch import EDSR
-from mtkd.feature_taps import FeatureTaps, describe_module_paths, list_module_paths
+from mtkd.methods.feature_taps import FeatureTaps, describe_module_paths, list_module_paths
 
 
 def tiny_edsr(seed=0, num_feat=8, num_block=3):

@@ -1,4 +1,4 @@
-"""mtkd.figures and scripts/compare_figure.py: crops equal the HR/SR crops, captions carry score_images' values,
+"""mtkd.tools.figures and scripts/compare_figure.py: crops equal the HR/SR crops, captions carry score_images' values,
 the saved PNG has the computed layout and holds the enlarged crops where the layout says."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mtkd.evaluation import read_image, score_images
-from mtkd.figures import comparison_panels, compose_figure, figure_layout, find_result_image, score_caption
+from mtkd.metrics.evaluation import read_image, score_images
+from mtkd.tools.figures import comparison_panels, compose_figure, figure_layout, find_result_image, score_caption
 
 from conftest import load_script
 

@@ -1,4 +1,4 @@
-"""mtkd/fileio.py: sha256 of files and atomic writes (whole new file or the old one, never a partial one)."""
+"""mtkd/utils/fileio.py: sha256 of files and atomic writes (whole new file or the old one, never a partial one)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from mtkd.fileio import atomic_torch_save, atomic_write, atomic_write_json, exclusive_lock, file_sha256
+from mtkd.utils.fileio import atomic_torch_save, atomic_write, atomic_write_json, exclusive_lock, file_sha256
 
 
 def _hidden_files(folder):

@@ -1,5 +1,5 @@
-"""mtkd/fusion_bounds.py: oracle bounds of fusing the teachers, on constructed cases with known answers, against a
-direct computation on the pooled pixels, and through scripts/teacher_report.py --fusion-bounds."""
+"""mtkd/analysis/fusion_bounds.py: oracle bounds of fusing the teachers, on constructed cases with known answers,
+against a direct computation on the pooled pixels, and through scripts/teacher_report.py --fusion-bounds."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from conftest import load_script
-from mtkd.evaluation import y_planes
-from mtkd.fusion_bounds import (FusionBounds, fit_global_weights, fusion_bounds_markdown, least_squares_weights,
-                                patch_oracle, pixel_best, psnr_of_mse)
+from mtkd.analysis.fusion_bounds import (FusionBounds, fit_global_weights, fusion_bounds_markdown,
+                                         least_squares_weights, patch_oracle, pixel_best, psnr_of_mse)
+from mtkd.metrics.evaluation import y_planes
 from test_error_correlation import constructed_case, noisy, twin_teacher_option_file, write_tiny_teacher_files
 from test_teacher_report import write_benchmark
 

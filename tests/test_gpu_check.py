@@ -11,7 +11,7 @@ import subprocess
 
 from conftest import REPO_ROOT
 
-from mtkd.gpu_check import MODEL_TYPES
+from mtkd.analysis.gpu_check import MODEL_TYPES
 
 
 def test_the_dry_gpu_check_writes_a_complete_passing_report(tmp_path):

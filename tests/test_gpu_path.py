@@ -22,15 +22,16 @@ from skimage import data as skimage_data
 from basicsr.archs import build_network
 
 import mtkd
-from mtkd import benchmark, precision, runtime
+from mtkd.analysis import benchmark
+from mtkd.analysis.profiling import HostSyncDetector
 from mtkd.config import validate_options
 from mtkd.config.schema import SROptions
 from mtkd.models.distill_model import DistillModel
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.optimization import OptimizerStep
-from mtkd.profiling import HostSyncDetector
-from mtkd.teacher_cache import TeacherOutputCache, dataset_key, image_stem
-from mtkd.teachers import TeacherEnsemble, teacher_specs_from_options
+from mtkd.teachers.cache import TeacherOutputCache, dataset_key, image_stem
+from mtkd.teachers.ensemble import TeacherEnsemble, teacher_specs_from_options
+from mtkd.training import precision, runtime
+from mtkd.training.optimization import OptimizerStep
 
 from conftest import load_script
 
@@ -132,7 +133,7 @@ def test_dist_params_timeout_bounds_every_collective(monkeypatch):
 
 
 def test_the_build_script_builds_the_aggregate_cache_that_training_finds(world, tmp_path, capsys):
-    from mtkd.aggregated_teachers import aggregate_fingerprint_from_options
+    from mtkd.teachers.aggregated import aggregate_fingerprint_from_options
 
     options = distill_options(world, {'target': 'aggregate', 'output_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
                               aggregator=True)
@@ -182,7 +183,7 @@ def test_under_amp_the_teachers_and_every_loss_run_in_fp32(world, tmp_path):
 
 def test_cached_and_on_the_fly_targets_are_identical_under_amp(world, tmp_path):
     """I_MT computed in the step, from a teacher-output cache, and read from an I_MT cache: the same bits."""
-    from mtkd.aggregated_teachers import AggregatedTeachers
+    from mtkd.teachers.aggregated import AggregatedTeachers
 
     ensemble, paths = world['ensemble'], world['lq_paths']
     teacher_cache = TeacherOutputCache(str(tmp_path / 'cache'), ensemble.fingerprint(), dataset_key(paths), SCALE)
@@ -290,7 +291,7 @@ def test_loss_constants_are_made_once_per_device():
 
 
 def test_dukd_decides_its_augmentations_on_the_host_once_per_batch():
-    from mtkd.dukd import OFFICIAL_AUGMENTATIONS, augment, deaugment, sample_augmentation_masks
+    from mtkd.methods.dukd import OFFICIAL_AUGMENTATIONS, augment, deaugment, sample_augmentation_masks
 
     images = torch.rand(4, 3, 8, 8, device='meta')
     masks = sample_augmentation_masks(4, OFFICIAL_AUGMENTATIONS, 0.5, torch.Generator().manual_seed(3))
@@ -398,7 +399,7 @@ def test_validation_runs_the_uncompiled_network(world, tmp_path, monkeypatch):
 
 
 def test_feature_taps_compile_into_one_graph():
-    from mtkd.feature_taps import FeatureTaps
+    from mtkd.methods.feature_taps import FeatureTaps
 
     network = build_network(dict(STUDENT, num_block=2))
     taps = FeatureTaps(network, ['body.1', 'conv_after_body'], clone=True)

@@ -1,4 +1,4 @@
-"""mtkd.inference and scripts/infer.py: tiled = untiled for a tile-exact network, written PNG = network output,
+"""mtkd.tools.inference and scripts/infer.py: tiled = untiled for a tile-exact network, written PNG = network output,
 clear errors for unreadable images and weights that do not fit.
 
 Tile-exact archs (no image-global operation, finite receptive field): EDSR, MSRResNet, PAN, EdgeSRN. Not exact:
@@ -16,12 +16,13 @@ import torch
 import yaml
 from conftest import dataset_dir, load_script, official_weight
 
-from mtkd.evaluation import ImageReadError, image_to_tensor, mean_score, read_image, score_images, tensor_to_image
-from mtkd.inference import (ModelSpec, build_network, list_images, load_model, model_spec_from_arch,
-                            model_spec_from_options, output_path, run_inference, super_resolve)
+from mtkd.metrics.evaluation import (ImageReadError, image_to_tensor, mean_score, read_image, score_images,
+                                     tensor_to_image)
+from mtkd.tools.inference import (ModelSpec, build_network, list_images, load_model, model_spec_from_arch,
+                                  model_spec_from_options, output_path, run_inference, super_resolve)
 from mtkd.transforms.padding import run_padded
 from mtkd.transforms.self_ensemble import self_ensemble
-from mtkd.weights import WeightLoadError
+from mtkd.weights.loading import WeightLoadError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALE = 2

@@ -9,9 +9,9 @@ import yaml
 
 from basicsr.archs import build_network
 
-from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
-from mtkd.teachers import TeacherEnsemble, check_checkpoint_teachers, teacher_specs_from_options
-from mtkd.weights import load_weights
+from mtkd.metrics.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
+from mtkd.teachers.ensemble import TeacherEnsemble, check_checkpoint_teachers, teacher_specs_from_options
+from mtkd.weights.loading import load_weights
 
 from conftest import REPO_ROOT, dataset_dir, official_weight
 

@@ -15,7 +15,7 @@ from skimage import data as skimage_data
 
 from mtkd.config import validate_options
 from mtkd.models.knowledge_aggregation_model import KnowledgeAggregationModel
-from mtkd.teachers import TeacherMismatchError
+from mtkd.teachers.ensemble import TeacherMismatchError
 from mtkd.transforms.self_ensemble import NUM_TRANSFORMS, dihedral, inverse_dihedral
 
 from conftest import REPO_ROOT
@@ -198,7 +198,7 @@ def test_stage1_run_builds_the_teacher_cache_and_trains_from_it(tmp_path, tiny_p
 
     from basicsr.archs import build_network
 
-    from mtkd.weights import file_sha256
+    from mtkd.weights.loading import file_sha256
 
     teachers = []
     for name, num_feat in (('a', 4), ('b', 6)):

@@ -11,8 +11,8 @@ import yaml
 
 from basicsr.archs import build_network
 
-from mtkd.evaluation import evaluate_on_benchmark, mean_score
-from mtkd.weights import load_weights
+from mtkd.metrics.evaluation import evaluate_on_benchmark, mean_score
+from mtkd.weights.loading import load_weights
 
 from conftest import REPO_ROOT, dataset_dir
 

@@ -25,7 +25,7 @@ from basicsr.archs import build_network
 
 from mtkd.config import OptionError, validate_options
 from mtkd.config.cli import init_distributed, load_option_file, resolve_num_gpu, run_pipeline
-from mtkd.errors import TRACEBACK_VARIABLE, MtkdError
+from mtkd.utils.errors import TRACEBACK_VARIABLE, MtkdError
 
 from conftest import REPO_ROOT, load_script
 
@@ -287,7 +287,7 @@ def test_an_image_that_breaks_during_training_is_named(tmp_path, tiny_set):
     """After the start-up check: BasicSR's dataset itself names a file that became unreadable."""
     from basicsr.data.paired_image_dataset import PairedImageDataset
 
-    from mtkd.evaluation import ImageReadError
+    from mtkd.metrics.evaluation import ImageReadError
 
     options = validate_options(test_options(tiny_set, None), is_train=False, check_files=False).to_basicsr_dict()
     dataset_options = dict(options['datasets']['test_1'], phase='test', scale=SCALE)
@@ -458,7 +458,7 @@ def test_weights_trained_by_mtkd_name_the_training_option_file(tmp_path):
 
 # ---- files and paths ----------------------------------------------------------------------------------------------
 def test_written_files_get_the_usual_mode(tmp_path):
-    from mtkd.fileio import atomic_torch_save, atomic_write_json
+    from mtkd.utils.fileio import atomic_torch_save, atomic_write_json
 
     previous = os.umask(0o022)
     try:
@@ -496,8 +496,8 @@ def test_infer_into_its_own_input_folder_skips_its_outputs(tmp_path, tiny_set, t
 
 
 def test_exported_safetensors_load_through_the_original_option_file(tmp_path, tiny_set, tiny_weights):
-    from mtkd.export import save_safetensors
-    from mtkd.weights import load_weights
+    from mtkd.tools.export import save_safetensors
+    from mtkd.weights.loading import load_weights
 
     network = build_network(dict(TINY_EDSR))
     load_weights(network, str(tiny_weights), param_key='params')

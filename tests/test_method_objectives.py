@@ -23,7 +23,7 @@ from basicsr.archs import build_network
 from mtkd.config import validate_options
 from mtkd.models.distill_model import DistillModel
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import TeacherEnsemble, teacher_specs_from_options
+from mtkd.teachers.ensemble import TeacherEnsemble, teacher_specs_from_options
 from mtkd.transforms.matlab_resize import imresize
 
 SCALE = 2

@@ -16,12 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtkd.archs.dctswin_arch import DCTSwin, mixer_hidden_tokens
-from mtkd.dukd import (INVERTIBLE_AUGMENTATIONS, DUKDLoss, augment, choose_zoom_in_tiles, deaugment,
-                       invertible_augmentations, sample_augmentation_masks, zoom_in_inputs, zoom_out_inputs)
-from mtkd.entropy_routing import EntropyRouter
-from mtkd.evaluation import (ImageReadError, ImageScore, benchmark_pairs, image_to_tensor, mean_score, read_image,
-                             tensor_to_image, y_planes)
-from mtkd.feature_taps import FeatureTaps, describe_module_paths, list_module_paths
 from mtkd.losses.dct_loss import DCTDistillLoss
 from mtkd.losses.dtkd_loss import (DiscrepancyAttentionLoss, ReliabilityAttentionLoss, RoutedL1Loss, discrepancy_mask,
                                    reliability_mask)
@@ -29,16 +23,22 @@ from mtkd.losses.edge_loss import EdgeLoss
 from mtkd.losses.feature_kd_loss import AttentionTransferLoss, FeatureAffinityLoss, attention_map, spatial_affinity
 from mtkd.losses.vgg_perceptual_loss import VGGPerceptualLoss, build_vgg_features, load_vgg_features
 from mtkd.losses.wavelet_loss import WaveletDistillLoss
+from mtkd.methods.dukd import (INVERTIBLE_AUGMENTATIONS, DUKDLoss, augment, choose_zoom_in_tiles, deaugment,
+                               invertible_augmentations, sample_augmentation_masks, zoom_in_inputs, zoom_out_inputs)
+from mtkd.methods.entropy_routing import EntropyRouter
+from mtkd.methods.feature_taps import FeatureTaps, describe_module_paths, list_module_paths
+from mtkd.metrics.evaluation import (ImageReadError, ImageScore, benchmark_pairs, image_to_tensor, mean_score,
+                                     read_image, tensor_to_image, y_planes)
 from mtkd.transforms.dct import dct_2d, dct_2d_fft, dct_matrix, idct_2d
-from mtkd.transforms.edges import edge_map, fractional_kernel, rgb_to_luma
 from mtkd.transforms.dwt import dwt2, dwt_output_length, idwt2, wavedec2, waverec2
+from mtkd.transforms.edges import edge_map, fractional_kernel, rgb_to_luma
 from mtkd.transforms.entropy import gray_levels, image_entropy
 from mtkd.transforms.matlab_resize import imresize, modcrop, resize_contributions
 from mtkd.transforms.padding import crop_padding, pad_to_multiple, run_padded
 from mtkd.transforms.self_ensemble import dihedral, inverse_dihedral, self_ensemble
 
 
-# ---- mtkd/entropy_routing.py ------------------------------------------------------------------------------------
+# ---- mtkd/methods/entropy_routing.py ----------------------------------------------------------------------------
 def _textured(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
@@ -647,7 +647,7 @@ def test_vgg_features_load_from_a_params_file_name_the_network_and_use_the_optio
     torch.testing.assert_close(frobenius, (prediction - reference).norm())
 
 
-# ---- mtkd/dukd.py ------------------------------------------------------------------------------------------------
+# ---- mtkd/methods/dukd.py ----------------------------------------------------------------------------------------
 def test_dukd_augmentations_act_on_the_last_two_axes_of_unbatched_images_and_invert_in_the_given_range():
     image = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)  # (C, H, W), H != W
     expected = {'hflip': image.flip(2), 'vflip': image.flip(1), 'transpose': image.transpose(1, 2),
@@ -733,7 +733,7 @@ def test_dukd_loss_terms_follow_their_weights_tiles_generator_and_image_range():
     torch.testing.assert_close(twice[0], twice[1], rtol=0, atol=0)
 
 
-# ---- mtkd/feature_taps.py ----------------------------------------------------------------------------------------
+# ---- mtkd/methods/feature_taps.py --------------------------------------------------------------------------------
 class _PairOutput(nn.Module):
     def forward(self, x):
         return x + 1, x * 2
@@ -761,7 +761,7 @@ class _TapNet(nn.Module):
 
 def test_feature_tap_messages_name_the_nearest_or_top_level_paths():
     net = _TapNet()
-    tail = ' List all with mtkd.feature_taps.list_module_paths(model) (or describe_module_paths).'
+    tail = ' List all with mtkd.methods.feature_taps.list_module_paths(model) (or describe_module_paths).'
     with pytest.raises(ValueError) as error:
         FeatureTaps(net, ['module.body.9'])
     assert str(error.value).startswith(
@@ -822,7 +822,7 @@ def test_feature_taps_without_clone_under_compile_record_no_version(monkeypatch)
     assert torch.equal(taps.features['0'], image)
 
 
-# ---- mtkd/evaluation.py ------------------------------------------------------------------------------------------
+# ---- mtkd/metrics/evaluation.py ----------------------------------------------------------------------------------
 def test_image_tensor_conversions_swap_channels_and_scale_by_255():
     image = np.zeros((2, 3, 3), np.uint8)
     image[..., 0], image[..., 1], image[..., 2] = 10, 128, 255  # B, G, R

@@ -17,10 +17,10 @@ import basicsr.train as basicsr_train
 from basicsr.archs import build_network
 
 from mtkd.config.cli import run_pipeline
-from mtkd.evaluation import evaluate_on_benchmark
+from mtkd.metrics.evaluation import evaluate_on_benchmark
 from mtkd.models.plain_sr_model import PlainSRModel
 from mtkd.transforms.self_ensemble import self_ensemble
-from mtkd.weights import WeightLoadError
+from mtkd.weights.loading import WeightLoadError
 
 SCALE = 2
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}
@@ -97,7 +97,7 @@ def test_train_resume_on_cpu_then_test_writes_per_image_metrics(tmp_path, tiny_s
     with open(tmp_path / 'results' / 'tiny_test' / 'metrics.json') as handle:
         metrics = json.load(handle)
 
-    # The same weights through mtkd.evaluation give the same per-image numbers, digit for digit.
+    # The same weights through mtkd.metrics.evaluation give the same per-image numbers, digit for digit.
     network = build_network(dict(TINY_EDSR))
     network.load_state_dict(checkpoint['params'])
     expected = evaluate_on_benchmark(network, str(tiny_set), SCALE)

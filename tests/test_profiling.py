@@ -1,4 +1,4 @@
-"""mtkd.profiling and scripts/profile_models.py: exact MAC counts of single layers (both counters), attention
+"""mtkd.analysis.profiling and scripts/profile_models.py: exact MAC counts of single layers (both counters), attention
 matmuls seen only by FlopCounterMode, IMDN's published size, the table. Wall-clock times are never asserted."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import yaml
 from torch import nn
 
-from mtkd.inference import build_network
-from mtkd.profiling import count_macs, count_parameters, format_count, profile_network, profile_table
+from mtkd.analysis.profiling import count_macs, count_parameters, format_count, profile_network, profile_table
+from mtkd.tools.inference import build_network
 
 from conftest import REPO_ROOT, load_script
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': 2}

@@ -16,10 +16,10 @@ import torch
 
 from mtkd.archs.dctswin_arch import WindowSelfAttention
 from mtkd.archs.imdn_arch import ContrastAwareChannelAttention, InformationMultiDistillationBlock
-from mtkd.entropy_routing import EntropyRouter
-from mtkd.evaluation import score_images, y_planes
 from mtkd.losses.dtkd_loss import ReliabilityAttentionLoss, reliability_mask
 from mtkd.losses.feature_kd_loss import AttentionTransferLoss
+from mtkd.methods.entropy_routing import EntropyRouter
+from mtkd.metrics.evaluation import score_images, y_planes
 from mtkd.transforms.matlab_resize import imresize
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from mtkd.resume import restore_rng_states, rng_states
+from mtkd.training.resume import restore_rng_states, rng_states
 
 from conftest import REPO_ROOT, write_photo_pairs
 

@@ -9,7 +9,7 @@ import sys
 import torch
 import yaml
 
-from mtkd.resume import rank_rng_states
+from mtkd.training.resume import rank_rng_states
 
 from conftest import REPO_ROOT, write_photo_pairs
 
@@ -18,7 +18,7 @@ sys.path.insert(0, {repo!r})
 import torch
 import mtkd
 import basicsr.train
-import mtkd.resume as resume
+import mtkd.training.resume as resume
 from mtkd.config.cli import run_pipeline
 
 original = resume.rng_states

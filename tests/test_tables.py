@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mtkd.tables import TableRow, markdown_table, merge_runs, read_metrics_file
+from mtkd.metrics.tables import TableRow, markdown_table, merge_runs, read_metrics_file
 
 
 def write_metrics(folder, name, datasets, others=None):

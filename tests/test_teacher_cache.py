@@ -19,12 +19,12 @@ from torch import nn
 
 from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
-from mtkd import teacher_cache
 from mtkd.config.validate import dataset_problems
 from mtkd.data.teacher_paired_dataset import TeacherPairedImageDataset
-from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
-from mtkd.teacher_cache import TeacherCacheError, TeacherOutputCache, dataset_key, image_stem
-from mtkd.teachers import TeacherEnsemble, TeacherMismatchError, TeacherSpec, teacher_specs_from_options
+from mtkd.metrics.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
+from mtkd.teachers import cache as teacher_cache
+from mtkd.teachers.cache import TeacherCacheError, TeacherOutputCache, dataset_key, image_stem
+from mtkd.teachers.ensemble import TeacherEnsemble, TeacherMismatchError, TeacherSpec, teacher_specs_from_options
 
 from conftest import dataset_dir, load_script, official_weight
 

@@ -1,5 +1,6 @@
-"""mtkd/teacher_report.py and scripts/teacher_report.py: false-texture energy (known answers), the report's PSNR/SSIM
-and NIQE against mtkd.evaluation and BasicSR called directly, and the script's error on missing weights."""
+"""mtkd/analysis/teacher_report.py and scripts/teacher_report.py: false-texture energy (known answers), the report's
+PSNR/SSIM and NIQE against mtkd.metrics.evaluation and BasicSR called directly, and the script's error on missing
+weights."""
 from __future__ import annotations
 
 import math
@@ -14,9 +15,9 @@ import yaml
 from basicsr.metrics import calculate_niqe
 
 from conftest import dataset_dir, load_script
-from mtkd.evaluation import image_to_tensor, read_image, score_images, tensor_to_image
-from mtkd.teacher_report import (TeacherReportRow, false_texture_energy, niqe_score, report_markdown,
-                                 report_teachers)
+from mtkd.analysis.teacher_report import (TeacherReportRow, false_texture_energy, niqe_score, report_markdown,
+                                          report_teachers)
+from mtkd.metrics.evaluation import image_to_tensor, read_image, score_images, tensor_to_image
 from mtkd.transforms.matlab_resize import imresize
 
 

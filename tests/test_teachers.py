@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from basicsr.archs import build_network
-from mtkd.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
-from mtkd.teachers import (TeacherEnsemble, TeacherMismatchError, TeacherSpec, TeacherWeightsError, check_fingerprint,
-                           fingerprint_specs, run_tiled, teacher_specs_from_options)
+from mtkd.metrics.evaluation import benchmark_pairs, image_to_tensor, read_image, score_images, tensor_to_image
+from mtkd.teachers.ensemble import (TeacherEnsemble, TeacherMismatchError, TeacherSpec, TeacherWeightsError,
+                                    check_fingerprint, fingerprint_specs, run_tiled, teacher_specs_from_options)
 from mtkd.transforms.self_ensemble import self_ensemble
-from mtkd.weights import load_weights
+from mtkd.weights.loading import load_weights
 
 from conftest import dataset_dir, official_weight
 
@@ -169,7 +169,7 @@ def test_missing_weights_name_the_teacher(specs, tmp_path, caplog):
 
 
 def test_expected_weights_sha256_is_checked_before_loading(specs):
-    from mtkd.fileio import file_sha256
+    from mtkd.utils.fileio import file_sha256
 
     good = dataclasses.replace(specs[0], weights_sha256=file_sha256(specs[0].weights))
     reference = TeacherEnsemble(specs[:1], SCALE)

@@ -1,4 +1,4 @@
-"""The shared training step (mtkd/optimization.py via PlainSRModel): accumulation, clipping, the non-finite
+"""The shared training step (mtkd/training/optimization.py via PlainSRModel): accumulation, clipping, the non-finite
 guard, bf16 autocast, channels_last, compile, and keeping the newest N checkpoints."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from mtkd.config import validate_options
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.optimization import NonFiniteLossError
+from mtkd.training.optimization import NonFiniteLossError
 
 SCALE = 2
 TINY_EDSR = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'upscale': SCALE}

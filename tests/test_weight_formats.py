@@ -17,9 +17,9 @@ from torch import nn
 import mtkd  # noqa: F401  (compat first)
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
-from mtkd.weight_formats import (DIV2K_RGB_MEAN, WeightFormatError, convert_edsr_official, convert_rcan_official,
-                                 convert_state_dict, infer_edsr_options, infer_rcan_options)
-from mtkd.weights import WeightLoadError, describe_mismatch, load_weights
+from mtkd.weights.formats import (DIV2K_RGB_MEAN, WeightFormatError, convert_edsr_official, convert_rcan_official,
+                                  convert_state_dict, infer_edsr_options, infer_rcan_options)
+from mtkd.weights.loading import WeightLoadError, describe_mismatch, load_weights
 
 DIVFLICKR2K_RGB_MEAN = (0.4690, 0.4490, 0.4036)
 

@@ -1,4 +1,4 @@
-"""mtkd.weights: every container format loads the same tensors; unsafe and mismatched files fail clearly."""
+"""mtkd.weights.loading: every container format loads the same tensors; unsafe and mismatched files fail clearly."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +9,8 @@ import torch
 
 import mtkd  # noqa: F401  (compat first)
 from basicsr.archs.edsr_arch import EDSR
-from mtkd.weights import (WeightLoadError, describe_mismatch, file_sha256, load_weights, read_checkpoint,
-                          read_state_dict, select_state_dict, strip_prefix)
+from mtkd.weights.loading import (WeightLoadError, describe_mismatch, file_sha256, load_weights, read_checkpoint,
+                                  read_state_dict, select_state_dict, strip_prefix)
 
 
 def _tiny_edsr(upscale=4, seed=0):

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import yaml
 
-from mtkd import runtime
 from mtkd.config.errors import OptionError, OptionProblem
 from mtkd.config.validate import validate_options
 from mtkd.config.yaml_io import DuplicateKeyError, load_yaml
+from mtkd.training import runtime
 
 
 def build_argument_parser() -> argparse.ArgumentParser:
@@ -111,11 +111,12 @@ def _resolve(path: str | None, root: str) -> str | None:
 
 def init_distributed(launcher: str, backend: str | None, timeout: int | None = None) -> None:
     """Start the process group: NCCL on GPUs, gloo on CPU-only machines (so DDP also runs in CPU tests), each
-    collective bounded by ``timeout`` seconds (``dist_params.timeout``): :func:`mtkd.distributed.init_process_group`.
+    collective bounded by ``timeout`` seconds (``dist_params.timeout``):
+    :func:`mtkd.training.distributed.init_process_group`.
 
     ``backend: nccl`` (every shipped option file) on a machine without CUDA falls back to gloo with a note:
     NCCL needs GPUs, and the same option file should run a CPU smoke test under torchrun."""
-    from mtkd.distributed import init_process_group
+    from mtkd.training.distributed import init_process_group
 
     init_process_group(launcher, {'backend': backend, 'timeout': timeout})
 
@@ -237,7 +238,7 @@ def attach_teacher_cache(options: dict[str, Any], root_path: str) -> None:
     """Datasets that read the teacher-output cache get the teachers (weights paths resolved), their names and
     fingerprints (weights sha256 included), which select the cache. The dataset builds a missing cache itself,
     after BasicSR has set up its logger (see ``TeacherPairedImageDataset``)."""
-    from mtkd.teachers import fingerprint_specs, teacher_specs_from_options
+    from mtkd.teachers.ensemble import fingerprint_specs, teacher_specs_from_options
 
     specs = teacher_specs_from_options(options['teachers'], root_path)
     cached = [dataset for dataset in options['datasets'].values() if 'teacher_fingerprints' in dataset]
@@ -247,7 +248,7 @@ def attach_teacher_cache(options: dict[str, Any], root_path: str) -> None:
     for dataset in cached:
         dataset['teachers'] = [dict(entry, weights=spec.weights) for entry, spec in zip(options['teachers'], specs)]
         if dataset.get('teacher_cache_content') == 'aggregate':
-            from mtkd.aggregated_teachers import AGGREGATE_NAME, aggregate_fingerprint_from_options
+            from mtkd.teachers.aggregated import AGGREGATE_NAME, aggregate_fingerprint_from_options
 
             aggregator = dict(options['aggregator'])
             aggregator['weights'] = _resolve(aggregator.get('weights'), root_path)
@@ -281,13 +282,13 @@ def install_into_basicsr() -> None:
 
 
 def run_pipeline(pipeline, root_path: str) -> None:
-    """Run a BasicSR pipeline on validated options. A user error (:class:`mtkd.errors.MtkdError`: options,
+    """Run a BasicSR pipeline on validated options. A user error (:class:`mtkd.utils.errors.MtkdError`: options,
     data, weights, states, caches) ends in its message alone and exit status 2 (3 for a run stopped by
     non-finite losses); ``MTKD_TRACEBACK=1`` or ``--debug`` keeps the traceback."""
     import signal
 
-    from mtkd import resume
-    from mtkd.errors import exit_on_user_error
+    from mtkd.training import resume
+    from mtkd.utils.errors import exit_on_user_error
 
     install_into_basicsr()
     previous_sigint = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-from mtkd.errors import MtkdError
+from mtkd.utils.errors import MtkdError
 
 
 def nearest_name(name: str, candidates: Iterable[str]) -> str | None:

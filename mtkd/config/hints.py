@@ -69,7 +69,7 @@ def weights_hint(path: str, root: str) -> str:
 def manifest_entry(name: str, root: str):
     """The ``pretrained/manifest.yaml`` entry of the file called ``name``, or None (also when the manifest is
     unreadable: a hint must never fail)."""
-    from mtkd.pretrained import ManifestError, load_manifest
+    from mtkd.weights.pretrained import ManifestError, load_manifest
 
     manifest = os.path.join(root, 'pretrained', 'manifest.yaml')
     if not os.path.isfile(manifest):

@@ -33,7 +33,7 @@ class AdamArguments(_Arguments):
 
 
 class AdanArguments(_Arguments):
-    """:class:`mtkd.adan.Adan`: three decay rates in [0, 1), ``eps`` > 0, ``weight_decay`` >= 0."""
+    """:class:`mtkd.training.adan.Adan`: three decay rates in [0, 1), ``eps`` > 0, ``weight_decay`` >= 0."""
     betas: tuple[UnitInterval, UnitInterval, UnitInterval] = (0.98, 0.92, 0.99)
     eps: PositiveFloat = 1e-8
     weight_decay: float = Field(default=0.0, ge=0.0)

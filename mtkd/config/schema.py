@@ -78,7 +78,7 @@ class DatasetOptions(StrictBlock):
     dataset_enlarge_ratio: int = Field(default=1, ge=1)
     prefetch_mode: Literal['cpu', 'cuda'] | None = None
     pin_memory: bool | None = Field(default=None, description='page-locked batches for asynchronous copies to '
-                                    'the GPU; null: true for the training set on CUDA (mtkd.runtime)')
+                                    'the GPU; null: true for the training set on CUDA (mtkd.training.runtime)')
     persistent_workers: bool | None = Field(default=None, description='keep the data workers between epochs; '
                                             'null: true for the training set when it has workers')
     num_prefetch_queue: int = Field(default=1, ge=1)
@@ -119,7 +119,7 @@ class PathOptions(StrictBlock):
     pretrain_network_g: str | None = None
     param_key_g: str | None = Field(default='auto', description="'auto', a key such as 'params_ema', or null")
     strict_load_g: bool = True
-    key_format_g: str = Field(default='basicsr', description='key layout of pretrain_network_g (mtkd.weight_formats)')
+    key_format_g: str = Field(default='basicsr', description='key layout of pretrain_network_g (mtkd.weights.formats)')
     resume_state: str | None = None
 
 
@@ -223,7 +223,7 @@ class SROptions(StrictBlock):
     # Speed options shared by every model (names as in traiNNer-redux / neosr); docs/performance.md.
     use_amp: bool = Field(default=False, description='automatic mixed precision for the training step: the '
                           'trained network under autocast; losses in fp32; teachers/aggregator in fp32 unless '
-                          'amp_teachers (mtkd.precision)')
+                          'amp_teachers (mtkd.training.precision)')
     amp_dtype: Literal['bf16', 'fp16'] = Field(default='fp16', description='fp16 (default; adds a GradScaler) '
                                                'rounds [0, 1] images 8x finer than bf16 (docs/performance.md)')
     amp_teachers: bool = Field(default=False, description='with use_amp: run the teachers and the aggregator in '

@@ -267,9 +267,10 @@ def _build_failure(arch: type, arguments: dict) -> str | None:
 
 
 def optimizer_class(name: str) -> type:
-    """The class an ``optim_g.type`` names: torch's ``Adam``/``AdamW``, or mtkd's ``Adan`` (:mod:`mtkd.adan`)."""
+    """The class an ``optim_g.type`` names: torch's ``Adam``/``AdamW``, or mtkd's ``Adan``
+    (:mod:`mtkd.training.adan`)."""
     if name == 'Adan':
-        from mtkd.adan import Adan
+        from mtkd.training.adan import Adan
 
         return Adan
     return getattr(torch.optim, name)
@@ -411,7 +412,7 @@ WEIGHT_FILE_HINTS = {
 
 def teacher_problems(options: SROptions, check_files: bool, root: str) -> list[OptionProblem]:
     """Teachers: unique names, the data's scale, a known key format, weights that exist."""
-    from mtkd.weight_formats import CONVERTERS
+    from mtkd.weights.formats import CONVERTERS
 
     teachers = getattr(options, 'teachers', None) or []
     problems, seen = [], set()
@@ -441,7 +442,7 @@ def _resolve_path(path: str, root: str) -> str:
 
 def semantic_problems(options: SROptions, is_train: bool) -> list[OptionProblem]:
     """Combinations that single fields cannot express."""
-    from mtkd.weight_formats import CONVERTERS
+    from mtkd.weights.formats import CONVERTERS
 
     problems = network_scale_problems(options.network_g, options.scale, ('network_g',))
     if options.path.key_format_g not in CONVERTERS:

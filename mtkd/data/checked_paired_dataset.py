@@ -20,8 +20,8 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from mtkd.config.schema import PairedImageDatasetOptions, register_dataset_options
 from mtkd.data.pairing import match_gt_to_lq
-from mtkd.evaluation import ImageReadError
-from mtkd.teacher_cache import image_stem, paired_lq_paths
+from mtkd.metrics.evaluation import ImageReadError
+from mtkd.teachers.cache import image_stem, paired_lq_paths
 
 
 @register_dataset_options('CheckedPairedImageDataset')

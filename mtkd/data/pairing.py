@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtkd.errors import MtkdError
+from mtkd.utils.errors import MtkdError
 
 
 class PairSizeError(MtkdError, ValueError):

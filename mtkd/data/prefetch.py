@@ -5,7 +5,7 @@ stream before using the batch. The batch's device memory was allocated on the si
 training code drops the batch, the caching allocator may hand that memory to a new side-stream copy while kernels
 on the main stream still read it. ``Tensor.record_stream`` tells the allocator the main stream uses it (PyTorch's
 documented remedy); :class:`CUDAPrefetcher` calls it for every tensor of the batch it hands out.
-:func:`mtkd.resume.install` builds the training loop's prefetcher on this class.
+:func:`mtkd.training.resume.install` builds the training loop's prefetcher on this class.
 """
 from __future__ import annotations
 

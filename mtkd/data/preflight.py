@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mtkd.data.pairing import pair_size_problem
-from mtkd.errors import MtkdError
+from mtkd.utils.errors import MtkdError
 
 #: Dataset types whose folders are GT/LQ pairs listed like BasicSR's ``PairedImageDataset``.
 PAIRED_TYPES = ('PairedImageDataset', 'CheckedPairedImageDataset', 'TeacherPairedImageDataset')
@@ -85,8 +85,8 @@ def paired_paths(dataroot_gt: str, dataroot_lq: str, filename_tmpl: str = '{}',
 
 def image_size(path: str, decode: bool) -> tuple[int, int]:
     """``(height, width)`` of an image file; ``decode`` reads every pixel (as BasicSR will), otherwise only the
-    header is read. Raises :class:`mtkd.evaluation.ImageReadError` naming the file."""
-    from mtkd.evaluation import ImageReadError, read_image
+    header is read. Raises :class:`mtkd.metrics.evaluation.ImageReadError` naming the file."""
+    from mtkd.metrics.evaluation import ImageReadError, read_image
 
     if decode:
         return read_image(path).shape[:2]
@@ -105,7 +105,7 @@ def image_size(path: str, decode: bool) -> tuple[int, int]:
 
 
 def _pair_problems(pair: tuple[str, str], scale: int, decode: bool, min_gt_size: int | None) -> list[str]:
-    from mtkd.evaluation import ImageReadError
+    from mtkd.metrics.evaluation import ImageReadError
 
     gt_path, lq_path = pair
     try:
@@ -123,7 +123,7 @@ def _pair_problems(pair: tuple[str, str], scale: int, decode: bool, min_gt_size:
 
 
 def _single_problems(path: str, decode: bool) -> list[str]:
-    from mtkd.evaluation import ImageReadError
+    from mtkd.metrics.evaluation import ImageReadError
 
     try:
         image_size(path, decode)

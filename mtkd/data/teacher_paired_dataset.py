@@ -1,7 +1,7 @@
 """Paired GT/LQ images with the cached outputs of every teacher, cropped and flipped together with GT.
 
 Used by the KD models of mtkd (MTKD stage 1 and 2, Jiang et al., ECCV 2024; DTKD) so that teachers are run
-once per image (:mod:`mtkd.teacher_cache`) instead of at every iteration.
+once per image (:mod:`mtkd.teachers.cache`) instead of at every iteration.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from basicsr.utils.registry import DATASET_REGISTRY
 
 from mtkd.config.schema import register_dataset_options
 from mtkd.data.checked_paired_dataset import CheckedPairedImageDataset, CheckedPairedImageDatasetOptions
-from mtkd.teacher_cache import (BUILD_COMMAND, DEFAULT_CACHE_ROOT, TeacherCacheError, TeacherOutputCache,
-                                check_dataset_cache_behaviour, dataset_key, image_stem)
-from mtkd.teachers import check_fingerprint
+from mtkd.teachers.cache import (BUILD_COMMAND, DEFAULT_CACHE_ROOT, TeacherCacheError, TeacherOutputCache,
+                                 check_dataset_cache_behaviour, dataset_key, image_stem)
+from mtkd.teachers.ensemble import check_fingerprint
 
 
 @register_dataset_options('TeacherPairedImageDataset')
@@ -36,8 +36,9 @@ class TeacherPairedImageDatasetOptions(CheckedPairedImageDatasetOptions):
         default=None, description='filled by mtkd from the teachers: list: with it, a missing cache is built at '
         'start (under DDP every rank builds its share)')
     teacher_fingerprints: list[dict[str, Any]] | None = Field(
-        default=None, description='filled by mtkd from the teachers: list (mtkd.teachers.fingerprint_specs), not '
-        'by hand: identifies the cache exactly (weights sha256 included)')
+        default=None, description='filled by mtkd from the teachers: list '
+        '(mtkd.teachers.ensemble.fingerprint_specs), not by hand: identifies the cache exactly (weights sha256 '
+        'included)')
     teacher_cache_content: Literal['teachers', 'aggregate'] = Field(
         default='teachers', description="'teachers': each teacher's output (stage 1, DTKD, KD); 'aggregate': only "
         "the stage-1 aggregator's I_MT (MTKD stage 2: neither teachers nor aggregator run during training)")
@@ -45,18 +46,18 @@ class TeacherPairedImageDatasetOptions(CheckedPairedImageDatasetOptions):
         default=None, description="filled by mtkd from the model's aggregator: block for content 'aggregate'")
     accept_stale_teacher_cache: bool = Field(
         default=False, description='use the cache even when its networks now compute other outputs on the probe '
-        'image than when it was built (their code changed; mtkd.teacher_cache.behaviour_fingerprint): a warning '
+        'image than when it was built (their code changed; mtkd.teachers.cache.behaviour_fingerprint): a warning '
         'instead of an error')
 
 
 def build_missing_teacher_cache(opt: dict, lq_paths: list[str]) -> None:
     """Build the cache of ``opt['teachers']`` on ``lq_paths`` unless a complete one exists (a no-op without
     ``teachers``). Under DDP every rank computes its share of the images on its own GPU, then one barrier
-    (:func:`mtkd.teacher_cache.build_sharded`; bounded by ``dist_params.timeout``): the cache is built once, in
+    (:func:`mtkd.teachers.cache.build_sharded`; bounded by ``dist_params.timeout``): the cache is built once, in
     1/N of the time, and no rank waits idle for the whole build."""
-    from mtkd import distributed
-    from mtkd.aggregated_teachers import cache_networks_from_options
-    from mtkd.teacher_cache import build_sharded
+    from mtkd.teachers.aggregated import cache_networks_from_options
+    from mtkd.teachers.cache import build_sharded
+    from mtkd.training import distributed
 
     if not opt.get('teachers') or opt.get('teacher_cache_dir'):
         return
@@ -81,7 +82,7 @@ def open_teacher_cache(opt: dict, lq_paths: list[str]) -> TeacherOutputCache:
 
     ``teacher_cache_dir`` names the folder; otherwise ``teacher_fingerprints`` (filled by the option layer
     from ``teachers:``) finds it under ``teacher_cache_root``. Hashes every LR file once
-    (:func:`mtkd.teacher_cache.dataset_key`) so that a cache of other or changed images is refused.
+    (:func:`mtkd.teachers.cache.dataset_key`) so that a cache of other or changed images is refused.
     """
     fingerprints = opt.get('teacher_fingerprints')
     directory = opt.get('teacher_cache_dir')

@@ -1,6 +1,6 @@
 """Feature-distillation losses on intermediate features: attention transfer (AT) and feature affinity (FAKD).
 
-Both take lists of student and teacher features, typically from :class:`mtkd.feature_taps.FeatureTaps`, pair
+Both take lists of student and teacher features, typically from :class:`mtkd.methods.feature_taps.FeatureTaps`, pair
 them in order, and sum the per-pair losses (as both official codes do). Teacher features are targets: they are
 detached inside the loss, so no gradient can reach a teacher even if it was not frozen. Computation is in
 float32 whatever the input dtype, because the normalisations divide by norms that underflow in float16.

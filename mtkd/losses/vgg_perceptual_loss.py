@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from mtkd.weights import read_checkpoint
+from mtkd.weights.loading import read_checkpoint
 
 # torchvision's VGG configurations (conv widths, 'M' = max pool).
 VGG_CONFIGS = {

@@ -35,7 +35,7 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from torch import nn
 
 from mtkd.losses.vgg_perceptual_loss import build_vgg_features, load_vgg_features, vgg_layer_names
-from mtkd.weights import read_checkpoint
+from mtkd.weights.loading import read_checkpoint
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 #: LPIPS's input scaling layer (applied to images in [-1, 1]).

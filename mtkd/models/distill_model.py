@@ -7,8 +7,8 @@ fuses the frozen teachers' outputs into ``I_MT``; the student learns
 same trainer with ``distill.target: teacher`` (one teacher's output as the target) and an L1 ``output_opt``.
 Methods differ only in the ``distill:`` block (and ``aggregator:``, the teachers and, where a baseline's source sets
 it, the weight of L1 to GT), so comparisons are fair (tests/test_baseline_fairness.py, docs/baselines.md): output KD,
-feature KD (AT, FAKD: ``feature_opt``), DUKD (``dukd``) and CrossKD (``crosskd``, :mod:`mtkd.crosskd`: the student's
-features through the frozen teacher's remaining modules, with a trained 1x1 adapter saved beside the student).
+feature KD (AT, FAKD: ``feature_opt``), DUKD (``dukd``) and CrossKD (``crosskd``, :mod:`mtkd.methods.crosskd`: the
+student's features through the frozen teacher's remaining modules, with a trained 1x1 adapter saved beside the student).
 
 Everything on the teacher side (teachers and aggregator) is frozen three ways and never enters an optimizer
 or a student checkpoint; the aggregator's weights (EMA weights by default, ``param_key: auto``) are checked
@@ -27,16 +27,16 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from mtkd import precision
-from mtkd.aggregated_teachers import load_frozen_aggregator
 from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import (FeatureLossOptions, LossOptions, NetworkOptions, SROptions, StrictBlock,
                                 TeacherOptions, register_model_options)
-from mtkd.crosskd import CrossKD, CrossKDAdapters, feature_shape
-from mtkd.feature_taps import FeatureTaps
+from mtkd.methods.crosskd import CrossKD, CrossKDAdapters, feature_shape
+from mtkd.methods.feature_taps import FeatureTaps
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import ensemble_from_options
-from mtkd.weights import load_weights
+from mtkd.teachers.aggregated import load_frozen_aggregator
+from mtkd.teachers.ensemble import ensemble_from_options
+from mtkd.training import precision
+from mtkd.weights.loading import load_weights
 
 
 def unpadded_message(what: str, teacher: str, lr_size: int, pad_multiple: int) -> str:
@@ -55,7 +55,7 @@ class AggregatorOptions(StrictBlock):
 
 
 class DUKDOptions(StrictBlock):
-    """DUKD's data-upcycling terms (Zhang et al., arXiv 2309.14162; see docs/dukd.md and mtkd/dukd.py)."""
+    """DUKD's data-upcycling terms (Zhang et al., arXiv 2309.14162; see docs/dukd.md and mtkd/methods/dukd.py)."""
     zoom_in_weight: float = Field(default=1.0, ge=0)
     zoom_out_kd_weight: float = Field(default=1.0, ge=0)
     zoom_out_pixel_weight: float = Field(default=5.0, ge=0)
@@ -70,8 +70,8 @@ class DUKDOptions(StrictBlock):
 
 
 class CrossKDOptions(StrictBlock):
-    """CrossKD (Fang, Hu, Hu, ICVIP 2022), reconstructed from its abstract (mtkd/crosskd.py, docs/baselines.md): the
-    student's feature at ``student_layer`` replaces the output of the teacher's ``teacher_layer``, and the teacher's
+    """CrossKD (Fang, Hu, Hu, ICVIP 2022), reconstructed from its abstract (mtkd/methods/crosskd.py, docs/baselines.md):
+    the student's feature at ``student_layer`` replaces the output of the teacher's ``teacher_layer``, and the teacher's
     remaining modules give a hybrid SR image; "dual" also runs the teacher's feature through the student's rest."""
     student_layer: str = Field(min_length=1, description="student module path of the cut, e.g. 'body.4'")
     teacher_layer: str = Field(min_length=1, description='teacher module path whose output the student feature '
@@ -215,7 +215,7 @@ class DistillModel(PlainSRModel):
             self.teacher_taps = FeatureTaps(teacher, teacher_layers, detach=True, clone=True)
         self.dukd = None
         if distill.get('dukd'):
-            from mtkd.dukd import DUKDLoss
+            from mtkd.methods.dukd import DUKDLoss
 
             arguments = dict(distill['dukd'])
             self.dukd_separate_step = arguments.pop('separate_step')
@@ -236,8 +236,8 @@ class DistillModel(PlainSRModel):
         super().init_training_settings()
 
     def _build_crosskd(self, options):
-        """CrossKD's splices, taps and adapters (mtkd/crosskd.py); the adapters are sized by one probing forward of
-        each network on a small input and refused under DDP (they and the dual pass are not synchronised)."""
+        """CrossKD's splices, taps and adapters (mtkd/methods/crosskd.py); the adapters are sized by one probing forward
+        of each network on a small input and refused under DDP (they and the dual pass are not synchronised)."""
         self.crosskd_adapters = None
         if not options:
             return None
@@ -282,7 +282,7 @@ class DistillModel(PlainSRModel):
 
         The teacher side runs in fp32 (``amp_teachers``: in the AMP dtype); with ``like_cache`` teacher outputs and
         the target are rounded to float16 as the caches store them, so the target is the same with and without a
-        cache (:func:`mtkd.precision.round_like_cache`). Validation rows use ``like_cache=False``."""
+        cache (:func:`mtkd.training.precision.round_like_cache`). Validation rows use ``like_cache=False``."""
         rounded = precision.round_like_cache if like_cache else (lambda images: images)
         with self.frozen_precision():
             outputs = teacher_outputs if teacher_outputs is not None else [rounded(output) for output in

@@ -1,7 +1,7 @@
 """``DualTeacherModel``: DTKD, a student distilled from a fidelity and a perceptual teacher.
 
 Li et al., "Reliable Image Super-Resolution Using Dual-Teacher Knowledge Distillation" (KBS 2025). Per
-training patch, image-entropy routing (:class:`mtkd.entropy_routing.EntropyRouter`) gives the perceptual
+training patch, image-entropy routing (:class:`mtkd.methods.entropy_routing.EntropyRouter`) gives the perceptual
 teacher a share ``p`` (textured content) and the fidelity teacher ``1 - p`` (smooth content). The student
 ``S`` learns::
 
@@ -18,7 +18,7 @@ Laplacian edges of IMDN; ``options/dtkd_mtkdsr_rfdn_x4.yml``). The "-perceptual"
 ``perceptual_weight`` and add ``train.edge_opt``. Both teachers come from the shared teacher layer: frozen three
 ways, never in an optimizer or a student checkpoint, cacheable (``TeacherPairedImageDataset``). Formulas the paper
 does not publish are design choices, each an option: docs/dtkd.md. ``train.optim_g.type: Adan`` builds
-:class:`mtkd.adan.Adan` (SRDTKD names an Adan switch; every model accepts it, docs/dtkd.md).
+:class:`mtkd.training.adan.Adan` (SRDTKD names an Adan switch; every model accepts it, docs/dtkd.md).
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from mtkd import precision
 from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import LossOptions, SROptions, StrictBlock, TeacherOptions, register_model_options
-from mtkd.entropy_routing import EntropyRouter, max_entropy
+from mtkd.methods.entropy_routing import EntropyRouter, max_entropy
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import ensemble_from_options
+from mtkd.teachers.ensemble import ensemble_from_options
+from mtkd.training import precision
 
 DISTILL_TERMS = (('distill_opt', 'l_kd'), ('reliability_opt', 'l_reliability'), ('discrepancy_opt', 'l_discrepancy'))
 
@@ -48,7 +48,7 @@ WINDOW_MEDIAN_BITS = {4: 3.45, 8: 4.75, 16: 5.63, 32: 6.24, 64: 6.71}
 
 
 class RoutingOptions(StrictBlock):
-    """Image-entropy routing (see mtkd/entropy_routing.py)."""
+    """Image-entropy routing (see mtkd/methods/entropy_routing.py)."""
     mode: Literal['hard', 'soft', 'off'] = Field(default='hard', description="'off': both teachers, share 0.5")
     threshold: float = Field(default=7.0, description='bits, per GT patch; 7.0 is the median entropy of 128x128 '
                              'patches of the 291-image set (half the patches each way); not used with window_size')
@@ -239,7 +239,7 @@ class DualTeacherModel(PlainSRModel):
                 teacher_outputs = [precision.round_like_cache(output) for output in self.teachers.forward(self.lq)]
         self.output = self.net_g(self.lq)
         total = self.image_losses(self.output, self.gt, loss_dict)
-        # Routing, masks and terms in fp32, outside the student's autocast (mtkd.precision).
+        # Routing, masks and terms in fp32, outside the student's autocast (mtkd.training.precision).
         return total + precision.fp32_loss(self.distillation_terms, self.output, teacher_outputs, self.gt, loss_dict)
 
     # ---- validation: both teachers' own scores, once per dataset ---------------------------------------

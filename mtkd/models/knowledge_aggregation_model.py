@@ -21,11 +21,11 @@ from pydantic import Field
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from mtkd import precision
 from mtkd.config.errors import OptionProblem
 from mtkd.config.schema import SROptions, TeacherOptions, register_model_options
 from mtkd.models.plain_sr_model import PlainSRModel
-from mtkd.teachers import check_checkpoint_teachers, ensemble_from_options
+from mtkd.teachers.ensemble import check_checkpoint_teachers, ensemble_from_options
+from mtkd.training import precision
 
 
 @register_model_options('KnowledgeAggregationModel')

@@ -1,7 +1,7 @@
 """``PlainSRModel``: BasicSR's ``SRModel`` with what a KD framework needs from its base model.
 
 Differences from BasicSR's ``SRModel`` (everything else is inherited):
-- weights load through :func:`mtkd.weights.load_weights`: every format (raw, ``params``/``params_ema``,
+- weights load through :func:`mtkd.weights.loading.load_weights`: every format (raw, ``params``/``params_ema``,
   ``module.``, safetensors, official EDSR/RCAN layouts), ``weights_only=True``, strict with a readable
   mismatch report;
 - option blocks are never mutated (BasicSR pops ``type`` out of ``optim_g`` and ``scheduler``);
@@ -12,14 +12,14 @@ Differences from BasicSR's ``SRModel`` (everything else is inherited):
   only keeps running sums, which is why :meth:`nondist_validation` is re-implemented here; subclasses add
   reference rows (teachers, ensembles, targets) through :meth:`reference_outputs`, scored once per dataset;
 - one training step for every mtkd model: subclasses override :meth:`compute_losses` only; the update
-  (AMP, accumulation, clipping, the non-finite guard) is :class:`mtkd.optimization.OptimizerStep`, with no host
+  (AMP, accumulation, clipping, the non-finite guard) is :class:`mtkd.training.optimization.OptimizerStep`, with no host
   synchronisation (losses are logged from device values at ``print_freq``); every loss is computed in fp32 and
-  the teacher side outside the student's autocast (:mod:`mtkd.precision`); the speed options ``channels_last``
+  the teacher side outside the student's autocast (:mod:`mtkd.training.precision`); the speed options ``channels_last``
   (before DDP wraps the network), ``compile`` (of the wrapper, so DDP keeps overlapping its all-reduce) and
   ``fast_matmul`` are applied at construction, and validation runs the plain, uncompiled network
   (docs/performance.md);
 - training states carry the random-generator states, so ``--auto_resume`` continues exactly; Ctrl-C saves a
-  resumable state; ``logger.keep_checkpoints`` keeps the newest N (:mod:`mtkd.resume`, docs/training.md);
+  resumable state; ``logger.keep_checkpoints`` keeps the newest N (:mod:`mtkd.training.resume`, docs/training.md);
 - DDP also on CPU processes (gloo), ``no_sync`` inside accumulation windows, validation sharded over the ranks
   (:meth:`dist_validation`), and an optional edge loss (``train.edge_opt``).
 """
@@ -43,13 +43,13 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from basicsr.models import lr_scheduler
 
-from mtkd import distributed, precision, resume, runtime
-from mtkd.fileio import atomic_torch_save, atomic_write, atomic_write_json
 from mtkd.metrics.lpips_metric import available_metrics
-from mtkd.optimization import OptimizerStep
+from mtkd.training import distributed, precision, resume, runtime
+from mtkd.training.optimization import OptimizerStep
 from mtkd.transforms.padding import run_padded
 from mtkd.transforms.self_ensemble import self_ensemble
-from mtkd.weights import load_weights, read_checkpoint
+from mtkd.utils.fileio import atomic_torch_save, atomic_write, atomic_write_json
+from mtkd.weights.loading import load_weights, read_checkpoint
 
 METRICS_FILE = 'metrics.json'
 
@@ -85,7 +85,7 @@ class PlainSRModel(SRModel):
 
     def frozen_precision(self) -> contextlib.AbstractContextManager:
         """Where the teacher side runs inside a training step: fp32 (out of the student's autocast) unless
-        ``amp_teachers`` (:func:`mtkd.precision.frozen_autocast`)."""
+        ``amp_teachers`` (:func:`mtkd.training.precision.frozen_autocast`)."""
         return precision.frozen_autocast(self.device, bool(self.opt.get('use_amp')),
                                          bool(self.opt.get('amp_teachers')))
 
@@ -256,7 +256,7 @@ class PlainSRModel(SRModel):
 
     # ---- one training iteration: subclasses override compute_losses (and after_backward) ------------------
     def feed_data(self, data):
-        # Asynchronous host-to-device copies: the loader pins its batches on CUDA (pin_memory, mtkd.runtime).
+        # Asynchronous host-to-device copies: the loader pins its batches on CUDA (pin_memory, mtkd.training.runtime).
         self.lq = data['lq'].to(self.device, non_blocking=True)
         if 'gt' in data:
             self.gt = data['gt'].to(self.device, non_blocking=True)
@@ -335,14 +335,14 @@ class PlainSRModel(SRModel):
 
     # ---- optimisation (options are read, never popped) -------------------------------------------------
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        if optim_type == 'Adan':  # SRDTKD names an Adan switch; mtkd's own implementation (mtkd.adan)
-            from mtkd.adan import Adan
+        if optim_type == 'Adan':  # SRDTKD names an Adan switch; mtkd's own implementation (mtkd.training.adan)
+            from mtkd.training.adan import Adan
 
             return Adan(params, lr, **kwargs)
         if optim_type not in ('Adam', 'AdamW'):
             raise ValueError(f"optimizer '{optim_type}' is not supported; use Adam, AdamW or Adan.")
         if kwargs.get('fused') is None and not kwargs.get('foreach') and not kwargs.get('differentiable'):
-            # The fused kernel skips a step with non-finite gradients on the device (mtkd.optimization: no host
+            # The fused kernel skips a step with non-finite gradients on the device (mtkd.training.optimization: no host
             # sync per step). optim_g.fused: false restores torch's default implementation.
             kwargs['fused'] = True
         return getattr(torch.optim, optim_type)(params, lr, **kwargs)
