@@ -14,8 +14,8 @@ would (``python mtkd/train.py -opt ...`` / ``python mtkd/test.py -opt ...``):
 Everything is written under a root folder (the repository by default): ``datasets/demo`` (the data, kept between
 runs), ``experiments/<name>``, ``results/<name>`` and ``results/demo`` (table, figure, stage logs). Every run
 starts clean: the demo's own experiments and results (and BasicSR's ``*_archived_*`` copies of them) are deleted
-first, nothing else. ``quick`` cuts every training to a fraction of its iterations (``--force_yml``,
-:data:`QUICK_STAGE_ITERATIONS`).
+first, nothing else. ``quick`` shortens the students' trainings (``--force_yml``, :data:`QUICK_STAGE_ITERATIONS`;
+stage 1 keeps its schedule).
 
 Stages run as subprocesses (``mode='subprocess'``; the exact command is printed) or inside this process
 (``mode='in-process'``: :func:`mtkd.config.cli.run_pipeline`, what ``mtkd/train.py`` calls, on the same option
