@@ -33,8 +33,8 @@ takes RGB in [0, 1] and multiplies by ``img_range`` inside, which is the same fu
 
 Every converter refuses keys it does not know (a BatchNorm variant, another arch) and structures that do not
 close (a residual group without its tail convolution), naming the keys; it never drops a key silently.
-This module imports nothing of mtkd (a leaf): :mod:`mtkd.weights.loading` turns :class:`WeightFormatError` into its
-``WeightLoadError`` with the file name.
+This module imports nothing of mtkd but the user-error base class (:mod:`mtkd.utils.errors`):
+:mod:`mtkd.weights.loading` turns :class:`WeightFormatError` into its ``WeightLoadError`` with the file name.
 """
 from __future__ import annotations
 
