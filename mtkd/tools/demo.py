@@ -488,7 +488,8 @@ def run_demo(root: str = REPO_ROOT, quick: bool = False, mode: str = 'subprocess
          f'{os.path.join(results_dir, "logs")})\n')
     echo('Time per stage (wall clock and CPU):\n' + format_timings(timings))
     if quick:
-        shortened = ', '.join(f'{name} {count}' for name, count in QUICK_STAGE_ITERATIONS.items() if count)
+        shortened = ', '.join([f'{stage.name} {QUICK_ITERATIONS}' for stage in TEACHER_STAGES if train_teachers] +
+                              [f'{name} {count}' for name, count in QUICK_STAGE_ITERATIONS.items() if count])
         echo(f'\nQUICK mode: trainings shortened to {shortened} iterations; the full demo trains longer.')
     if not all(math.isfinite(value) for row in rows for value in row[2:]):
         raise DemoError('a metric in the table is not finite; see the logs')
