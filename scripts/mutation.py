@@ -162,12 +162,21 @@ def results(work_root: Path, groups: list[str]) -> dict[str, dict[str, int | Non
     return by_file
 
 
+def is_killed(code: int | None) -> bool:
+    return code in KILLED or code in TIMEOUT
+
+
+def counts(codes: dict[str, int | None], equivalent: dict[str, str]) -> tuple[int, int, int]:
+    """(mutants, killed, equivalent) of one file: a listed mutant that a test kills counts as killed, not as
+    equivalent (:func:`report` names it as stale)."""
+    return (len(codes), sum(1 for code in codes.values() if is_killed(code)),
+            sum(1 for key, code in codes.items() if key in equivalent and code not in KILLED))
+
+
 def scores(work_root: Path, groups: list[str]) -> dict[str, tuple[int, int, int]]:
     """file -> (mutants, killed, equivalent) of the last run under ``work_root``."""
     equivalent = load_equivalent()
-    return {file: (len(codes), sum(1 for c in codes.values() if c in KILLED or c in TIMEOUT),
-                   sum(1 for k, c in codes.items() if k in equivalent and c not in KILLED))
-            for file, codes in results(work_root, groups).items()}
+    return {file: counts(codes, equivalent) for file, codes in results(work_root, groups).items()}
 
 
 def markdown_comparison(before_root: Path, after_root: Path, groups: list[str]) -> str:
@@ -197,16 +206,13 @@ def report(work_root: Path, groups: list[str]) -> int:
     by_file = results(work_root, groups)
     rows, problems, survivors = [], [], []
     for file, codes in by_file.items():
-        killed = sum(1 for c in codes.values() if c in KILLED or c in TIMEOUT)
-        equiv = [k for k in codes if k in equivalent]
-        stale = [k for k in equiv if codes[k] in KILLED]
-        problems += [f'{k}: listed as equivalent but killed' for k in stale]
-        equiv = [k for k in equiv if k not in stale]
-        left = [k for k, c in codes.items() if k not in equiv and c not in KILLED and c not in TIMEOUT]
+        total, killed, equiv = counts(codes, equivalent)
+        problems += [f'{k}: listed as equivalent but killed' for k, c in codes.items()
+                     if k in equivalent and c in KILLED]
+        left = [k for k, c in codes.items() if k not in equivalent and not is_killed(c)]
         survivors += [(k, codes[k]) for k in left]
-        scored = len(codes) - len(equiv)
-        score = 100.0 * killed / scored if scored else 100.0
-        rows.append((file, len(codes), killed, len(equiv), len(left), score))
+        scored = total - equiv
+        rows.append((file, total, killed, equiv, len(left), 100.0 * killed / scored if scored else 100.0))
     module_prefixes = tuple(Path(f).with_suffix('').as_posix().replace('/', '.') + '.' for f in by_file)
     problems += [f'{k}: listed as equivalent but no such mutant (its function changed?)' for k in equivalent
                  if k.startswith(module_prefixes) and not any(k in codes for codes in by_file.values())]
@@ -243,7 +249,7 @@ def show(work_root: Path, groups: list[str]) -> None:
     equivalent = load_equivalent()
     for name in groups:
         wanted = [(key, file, code) for file, codes in results(work_root, [name]).items() for key, code in codes.items()
-                  if key not in equivalent and code is not None and code not in KILLED and code not in TIMEOUT]
+                  if key not in equivalent and code is not None and not is_killed(code)]
         if wanted:
             subprocess.run([sys.executable, '-c', SHOW_CODE, json.dumps(wanted)], cwd=work_root / name, check=True)
 

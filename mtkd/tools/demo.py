@@ -163,9 +163,8 @@ def export_teachers(root: str = REPO_ROOT, echo=print, repo_root: str = REPO_ROO
     ``file -> sha256``."""
     import re
 
-    import torch
-
     from mtkd.utils.fileio import atomic_torch_save, atomic_write, file_sha256
+    from mtkd.weights.loading import read_state_dict
 
     written = {}
     for stage in TEACHER_STAGES:
@@ -173,8 +172,7 @@ def export_teachers(root: str = REPO_ROOT, echo=print, repo_root: str = REPO_ROO
         if not os.path.isfile(source):
             raise DemoError(f'{source} not found: train the teachers first (python scripts/demo.py --train-teachers)')
         target = os.path.join(repo_root, TEACHER_WEIGHTS_DIR, f'{stage.name}.pth')
-        params = torch.load(source, map_location='cpu', weights_only=True)['params']
-        atomic_torch_save({'params': params}, target)
+        atomic_torch_save({'params': read_state_dict(source, param_key='params')}, target)
         written[f'{TEACHER_WEIGHTS_DIR}/{stage.name}.pth'] = file_sha256(target)
     for option_file in sorted(glob.glob(os.path.join(repo_root, OPTIONS_DIR, '*.yml'))):
         with open(option_file, encoding='utf-8') as handle:
